@@ -1,0 +1,485 @@
+"""devices.toml -> a typed Inventory. Every error names the file, the device and the key."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hil.errors import ConfigError
+
+DEFAULT_STATE_DIR = Path("/run/hil")
+EMULATED_HOST_OFFSET = 10  # emulated devices get subnet addresses .10, .11, ...
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_TAG = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A value from `${ENV_VAR}` that must never reach a log or a report."""
+
+    value: str = field(repr=False)
+    source: str = ""
+
+    def reveal(self) -> str:
+        return self.value
+
+    def __str__(self) -> str:
+        return f"<secret from {self.source}>" if self.source else "<secret>"
+
+    def __repr__(self) -> str:
+        return f"Secret({self.source or '***'})"
+
+
+@dataclass(frozen=True)
+class SshConfig:
+    host: str
+    port: int = 22
+    user: str = "root"
+    key: Path | None = None
+    password: Secret | None = None
+    known_hosts: Path | None = None
+    strict_host_key_checking: bool = True
+    connect_timeout: float = 5.0
+    keepalive: float = 5.0
+    # How long a dropped connection may take to come back before commands fail.
+    reconnect_timeout: float = 15.0
+
+
+@dataclass(frozen=True)
+class SerialConfig:
+    port: str
+    baud: int = 115200
+    login: str | None = None
+    password: Secret | None = None
+    prompt: str | None = None  # a regex that ends the device's shell prompt
+    timeout: float = 10.0  # for syncing to the shell and logging in
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Limits of an emulated device."""
+
+    cpus: float
+    memory_bytes: int
+    disk_bytes: int
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    name: str
+    tags: tuple[str, ...]
+    ssh: SshConfig
+    serial: SerialConfig | None
+    workdir: str
+    emulated: bool = False
+    resources: Resources | None = None
+    python: str = "python3"
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    name: str = "hil"
+    subnet: ipaddress.IPv4Network = field(default_factory=lambda: ipaddress.IPv4Network("10.77.0.0/24"))
+    state_dir: Path = DEFAULT_STATE_DIR
+
+    @property
+    def dir(self) -> Path:
+        """Where the lab keeps keys, configs and pids for this lab."""
+        return self.state_dir / self.name
+
+    @property
+    def host_address(self) -> ipaddress.IPv4Address:
+        """The host's own address on the lab bridge."""
+        return self.subnet.network_address + 1
+
+    @property
+    def client_key(self) -> Path:
+        return self.dir / "client_key"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.dir / "known_hosts"
+
+    def console_path(self, device: str) -> Path:
+        return self.dir / device / "console"
+
+
+@dataclass(frozen=True)
+class Inventory:
+    path: Path
+    lab: LabConfig
+    devices: tuple[DeviceConfig, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [d.name for d in self.devices]
+
+    @property
+    def tags(self) -> list[str]:
+        return sorted({t for d in self.devices for t in d.tags})
+
+    def get(self, name: str) -> DeviceConfig:
+        for device in self.devices:
+            if device.name == name:
+                return device
+        raise ConfigError(f"{self.path}: no device named '{name}' (known: {', '.join(self.names) or 'none'})")
+
+    def select(self, names: list[str] | None) -> list[DeviceConfig]:
+        """The devices named (in the order given), or all when `names` is empty."""
+        return [self.get(n) for n in names] if names else list(self.devices)
+
+    @property
+    def emulated(self) -> list[DeviceConfig]:
+        return [d for d in self.devices if d.emulated]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+class _Ctx:
+    """Where a value came from, so every error can name the file, the device and the key."""
+
+    def __init__(self, path: Path, device: str | None = None, table: str | None = None) -> None:
+        self.path = path
+        self.device = device
+        self.table = table
+
+    def at(self, table: str) -> _Ctx:
+        return _Ctx(self.path, self.device, table)
+
+    def key(self, key: str) -> str:
+        return f"{self.table}.{key}" if self.table else key
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        where = str(self.path)
+        if self.device is not None:
+            where += f": device '{self.device}'"
+        if key is not None:
+            where += f": key '{self.key(key)}'"
+        return ConfigError(f"{where}: {message}")
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+            dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _check_keys(ctx: _Ctx, table: dict[str, Any], allowed: set[str], required: set[str] = frozenset()) -> None:
+    for key in table:
+        if key not in allowed:
+            hint = f"allowed: {', '.join(sorted(allowed))}"
+            raise ctx.error(key, f"unknown key ({hint})")
+    for key in sorted(required):
+        if key not in table:
+            raise ctx.error(key, "is required")
+
+
+def _str(ctx: _Ctx, table: dict[str, Any], key: str, default: str | None = None) -> str | None:
+    value = table.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ctx.error(key, f"must be a string, got {_type_name(value)} {value!r}")
+    return _expand_env(ctx, key, value)
+
+
+def _secret(ctx: _Ctx, table: dict[str, Any], key: str) -> Secret | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _ENV_REF.fullmatch(value):
+        # Refuse literal secrets: devices.toml is committed and read by everyone.
+        raise ctx.error(key, 'must be a reference to an environment variable like "${HIL_PASSWORD}", '
+                             "never the secret itself")
+    var = _ENV_REF.fullmatch(value).group(1)  # type: ignore[union-attr]
+    return Secret(_expand_env(ctx, key, value), source=f"${{{var}}}")
+
+
+def _expand_env(ctx: _Ctx, key: str, value: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        var = match.group(1)
+        if var not in os.environ:
+            raise ctx.error(key, f"refers to ${{{var}}}, which is not set: export {var} before running hil")
+        return os.environ[var]
+
+    return _ENV_REF.sub(replace, value)
+
+
+def _number(ctx: _Ctx, table: dict[str, Any], key: str, default: float, *, positive: bool = True) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ctx.error(key, f"must be a number, got {_type_name(value)} {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ctx.error(key, f"must be a finite number, got {value}")
+    if positive and not number > 0:
+        raise ctx.error(key, f"must be greater than 0, got {value}")
+    return number
+
+
+def _int(ctx: _Ctx, table: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ctx.error(key, f"must be an integer, got {_type_name(value)} {value!r}")
+    if not lo <= value <= hi:
+        raise ctx.error(key, f"must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _bool(ctx: _Ctx, table: dict[str, Any], key: str, default: bool) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        raise ctx.error(key, f"must be true or false, got {_type_name(value)} {value!r}")
+    return value
+
+
+def _table(ctx: _Ctx, table: dict[str, Any], key: str) -> dict[str, Any] | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ctx.error(key, f"must be a table, got {_type_name(value)} {value!r}")
+    return value
+
+
+def parse_size(text: str) -> int:
+    """'512MiB' -> bytes. Raises ValueError on anything else."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(text)
+    unit = (match.group(2) or "").upper().rstrip("B").rstrip("I")
+    size = float(match.group(1)) * _SIZE_UNITS[unit]
+    if not math.isfinite(size):
+        raise ValueError(text)
+    return int(size)
+
+
+def _size(ctx: _Ctx, table: dict[str, Any], key: str) -> int:
+    value = table.get(key)
+    if not isinstance(value, str):
+        raise ctx.error(key, f'must be a size string like "512MiB", got {_type_name(value)} {value!r}')
+    try:
+        size = parse_size(value)
+    except ValueError:
+        raise ctx.error(key, f'must be a size like "512MiB" or "1GiB", got {value!r}') from None
+    if size < 1024 * 1024:
+        raise ctx.error(key, f"must be at least 1MiB, got {value!r}")
+    return size
+
+
+def _file(ctx: _Ctx, table: dict[str, Any], key: str, base: Path) -> Path | None:
+    value = _str(ctx, table, key)
+    if value is None:
+        return None
+    try:
+        path = Path(value).expanduser()
+    except (ValueError, RuntimeError) as exc:  # a NUL byte in "~user", no home directory
+        raise ctx.error(key, f"is not a usable path: {exc}") from None
+    if not path.is_absolute():
+        path = base / path
+    if not path.is_file():
+        raise ctx.error(key, f"file {path} does not exist")
+    return path
+
+
+def _load_lab(ctx: _Ctx, raw: Any) -> LabConfig:
+    if raw is None:
+        return LabConfig()
+    ctx = ctx.at("lab")
+    if not isinstance(raw, dict):
+        raise ctx.error(None, f"[lab] must be a table, got {_type_name(raw)}")
+    _check_keys(ctx, raw, {"name", "subnet", "state_dir"})
+    name = _str(ctx, raw, "name", "hil") or "hil"
+    if not _LAB_NAME.fullmatch(name):
+        raise ctx.error("name", f"must be 1-8 lowercase letters or digits starting with a letter, got {name!r}")
+    subnet_text = _str(ctx, raw, "subnet", "10.77.0.0/24") or ""
+    try:
+        subnet = ipaddress.IPv4Network(subnet_text)
+    except ValueError as exc:
+        raise ctx.error("subnet", f"is not an IPv4 network like 10.77.0.0/24: {exc}") from None
+    if subnet.prefixlen > 28:
+        raise ctx.error("subnet", f"is too small for a lab: {subnet} (use /28 or larger)")
+    if not subnet.is_private or subnet.is_loopback:
+        raise ctx.error("subnet", f"must be a private range that nothing else uses, got {subnet}")
+    state_dir = Path(_str(ctx, raw, "state_dir", str(DEFAULT_STATE_DIR)) or DEFAULT_STATE_DIR)
+    if not state_dir.is_absolute():
+        raise ctx.error("state_dir", f"must be an absolute path, got {state_dir}")
+    return LabConfig(name=name, subnet=subnet, state_dir=state_dir)
+
+
+_DEVICE_KEYS = {"name", "tags", "emulated", "workdir", "python", "ssh", "serial", "cpus", "memory", "disk"}
+_SSH_KEYS = {"host", "port", "user", "key", "password", "known_hosts", "strict_host_key_checking",
+             "connect_timeout", "keepalive", "reconnect_timeout"}
+_EMULATED_SSH_KEYS = {"connect_timeout", "keepalive", "reconnect_timeout"}
+_SERIAL_KEYS = {"port", "baud", "login", "password", "prompt", "timeout"}
+
+
+def _load_ssh(ctx: _Ctx, raw: dict[str, Any], base: Path, emulated_host: str | None, lab: LabConfig) -> SshConfig:
+    ctx = ctx.at("ssh")
+    timeouts = {
+        "connect_timeout": _number(ctx, raw, "connect_timeout", 5.0),
+        "keepalive": _number(ctx, raw, "keepalive", 5.0),
+        "reconnect_timeout": _number(ctx, raw, "reconnect_timeout", 15.0),
+    }
+    if emulated_host is not None:
+        for key in raw:
+            if key not in _EMULATED_SSH_KEYS:
+                raise ctx.error(key, "is set by the emulated lab; only "
+                                     f"{', '.join(sorted(_EMULATED_SSH_KEYS))} may be given for an emulated device")
+        return SshConfig(host=emulated_host, user="root", key=lab.client_key, known_hosts=lab.known_hosts,
+                         **timeouts)
+    _check_keys(ctx, raw, _SSH_KEYS, {"host"})
+    strict = _bool(ctx, raw, "strict_host_key_checking", True)
+    known_hosts = _file(ctx, raw, "known_hosts", base)
+    if known_hosts is None and strict:
+        default = Path("~/.ssh/known_hosts").expanduser()
+        if not default.is_file():
+            raise ctx.error("known_hosts", f"is not set and {default} does not exist: pin the device's host key "
+                                           "(ssh-keyscan HOST >> known_hosts) and point known_hosts at it")
+        known_hosts = default
+    return SshConfig(
+        host=_str(ctx, raw, "host") or "",
+        port=_int(ctx, raw, "port", 22, 1, 65535),
+        user=_str(ctx, raw, "user", "root") or "root",
+        key=_file(ctx, raw, "key", base),
+        password=_secret(ctx, raw, "password"),
+        known_hosts=known_hosts,
+        strict_host_key_checking=strict,
+        **timeouts,
+    )
+
+
+def _load_serial(ctx: _Ctx, raw: dict[str, Any], base: Path, emulated_port: Path | None) -> SerialConfig:
+    ctx = ctx.at("serial")
+    _check_keys(ctx, raw, _SERIAL_KEYS, set() if emulated_port else {"port"})
+    if emulated_port is not None and "port" in raw:
+        raise ctx.error("port", "is set by the emulated lab (its console pty); remove it")
+    prompt = _str(ctx, raw, "prompt")
+    if prompt is not None:
+        try:
+            re.compile(prompt)
+        except (re.error, RecursionError, OverflowError) as exc:
+            raise ctx.error("prompt", f"is not a valid regular expression: {exc}") from None
+    port = str(emulated_port) if emulated_port is not None else _str(ctx, raw, "port") or ""
+    if emulated_port is None and not (port.startswith(("rfc2217://", "socket://")) or Path(port).exists()):
+        raise ctx.error("port", f"serial port {port} does not exist: check the cable and the device path "
+                                "(ls /dev/serial/by-id/)")
+    return SerialConfig(
+        port=port,
+        baud=_int(ctx, raw, "baud", 115200, 50, 4_000_000),
+        login=_str(ctx, raw, "login"),
+        password=_secret(ctx, raw, "password"),
+        prompt=prompt,
+        timeout=_number(ctx, raw, "timeout", 10.0),
+    )
+
+
+def _load_device(ctx: _Ctx, raw: Any, index: int, emulated_index: int, lab: LabConfig) -> DeviceConfig:
+    if not isinstance(raw, dict):
+        raise ctx.error(None, f"[[devices]] entry {index + 1} must be a table, got {_type_name(raw)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise _Ctx(ctx.path).error(
+            f"devices[{index}].name",
+            f"every device needs a name of letters, digits, '.', '_' or '-' (max 63), got {name!r}")
+    ctx = _Ctx(ctx.path, name)
+    _check_keys(ctx, raw, _DEVICE_KEYS)
+    tags_raw = raw.get("tags", [])
+    if not isinstance(tags_raw, list) or not all(isinstance(t, str) for t in tags_raw):
+        raise ctx.error("tags", f"must be an array of strings, got {tags_raw!r}")
+    for tag in tags_raw:
+        if not _TAG.fullmatch(tag):
+            raise ctx.error("tags", f"tag {tag!r} is not usable as a pytest marker (letters, digits, '_')")
+    emulated = _bool(ctx, raw, "emulated", False)
+    tags = tuple(dict.fromkeys([*tags_raw, *(["emulated"] if emulated else [])]))
+    base = ctx.path.parent
+
+    resources = None
+    if emulated:
+        host_index = EMULATED_HOST_OFFSET + emulated_index
+        if host_index >= lab.subnet.num_addresses - 1:
+            raise ctx.error(None, f"too many emulated devices for lab subnet {lab.subnet}")
+        emulated_host = str(lab.subnet.network_address + host_index)
+        resources = Resources(
+            cpus=_number(ctx, raw, "cpus", 1.0),
+            memory_bytes=_size(ctx, {"memory": raw.get("memory", "512MiB")}, "memory"),
+            disk_bytes=_size(ctx, {"disk": raw.get("disk", "256MiB")}, "disk"),
+        )
+    else:
+        emulated_host = None
+        for key in ("cpus", "memory", "disk"):
+            if key in raw:
+                raise ctx.error(key, "is a resource limit of emulated devices; set emulated = true or remove it")
+        if "ssh" not in raw:
+            raise ctx.error("ssh", "is required for a real device ([devices.ssh] with at least host)")
+
+    ssh = _load_ssh(ctx, _table(ctx, raw, "ssh") or {}, base, emulated_host, lab)
+    serial_raw = raw.get("serial")
+    serial = None
+    if emulated and serial_raw is not False:
+        if serial_raw is not None and not isinstance(serial_raw, dict):
+            raise ctx.error("serial", f"must be a table or false for an emulated device, got {serial_raw!r}")
+        serial = _load_serial(ctx, serial_raw or {}, base, lab.console_path(name))
+    elif not emulated and serial_raw is not None:
+        serial = _load_serial(ctx, _table(ctx, raw, "serial") or {}, base, None)
+
+    workdir = _str(ctx, raw, "workdir", "/var/lib/hil") or ""
+    if not workdir.startswith("/") or workdir.rstrip("/") in ("", "/tmp", "/var", "/home", "/root", "/usr"):
+        raise ctx.error("workdir", f"must be an absolute path of a directory hil owns, got {workdir!r}")
+    return DeviceConfig(
+        name=name,
+        tags=tags,
+        ssh=ssh,
+        serial=serial,
+        workdir=workdir.rstrip("/"),
+        emulated=emulated,
+        resources=resources,
+        python=_str(ctx, raw, "python", "python3") or "python3",
+    )
+
+
+def load_inventory(path: Path | str) -> Inventory:
+    """Read and validate devices.toml. Raises ConfigError with a message a user can act on."""
+    path = Path(path)
+    ctx = _Ctx(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file: pass --hil-devices PATH or create devices.toml") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib puts "(at line L, column C)" into the message; keep it, it is the useful part.
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits, arrays nested too deep
+        raise ConfigError(f"{path}: not valid TOML: {type(exc).__name__}: {str(exc)[:200]}") from None
+    _check_keys(ctx, data, {"lab", "devices"})
+    lab = _load_lab(ctx, data.get("lab"))
+    raw_devices = data.get("devices", [])
+    if not isinstance(raw_devices, list):
+        raise ctx.error("devices", "must be an array of tables ([[devices]])")
+    devices: list[DeviceConfig] = []
+    emulated_count = 0
+    for index, raw in enumerate(raw_devices):
+        device = _load_device(ctx, raw, index, emulated_count, lab)
+        if any(d.name == device.name for d in devices):
+            raise _Ctx(path, device.name).error("name", "is used by two devices; names must be unique")
+        emulated_count += device.emulated
+        devices.append(device)
+    return Inventory(path=path, lab=lab, devices=tuple(devices))

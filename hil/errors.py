@@ -1,0 +1,58 @@
+"""The exception tree: it mirrors the layers, so a caller catches exactly what it can handle.
+
+InfraError means the lab, a device or the path to it is broken: reported as infrastructure,
+never as a model regression. ProductFailure means the thing under test fell short.
+"""
+
+
+class HilError(Exception):
+    """Base of every error hil raises on purpose."""
+
+
+class ConfigError(HilError):
+    """devices.toml (or another input file) is malformed or inconsistent."""
+
+
+class InfraError(HilError):
+    """The lab, a device or the way to it is broken; not a verdict on the model."""
+
+
+class LabError(InfraError):
+    """The emulated lab cannot be built, inspected or torn down."""
+
+
+class TransportError(InfraError):
+    """Talking to a device failed."""
+
+
+class ConnectError(TransportError):
+    """No session could be opened: unreachable host, refused connection, timeout."""
+
+
+class AuthError(ConnectError):
+    """The device refused our credentials."""
+
+
+class HostKeyError(ConnectError):
+    """The device's host key is unknown or does not match the pinned one."""
+
+
+class ConnectionLost(TransportError):
+    """An open session died while a command was in flight."""
+
+
+class CommandTimeout(TransportError):
+    """A command ran past its timeout; it was killed on the device."""
+
+    def __init__(self, message: str, stdout: str = "", stderr: str = "") -> None:
+        super().__init__(message)
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class DeviceUnhealthy(InfraError):
+    """A device failed its health check and is out of rotation for this run."""
+
+
+class ProductFailure(HilError):
+    """The model or artifact under test failed a check (budget, integrity)."""

@@ -1,0 +1,179 @@
+"""What runs inside an emulated device: its sshd, its serial console and its clock."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from hil.config import DeviceConfig, LabConfig
+from hil.errors import LabError
+from hil.lab.host import find_tool, host_run
+
+log = logging.getLogger(__name__)
+
+_DEBIAN_FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+DEVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def faketime_library() -> Path:
+    """The libfaketime to preload into device sessions.
+
+    The PyPI `libfaketime` build is preferred: Debian's 0.9.10 breaks Python 3.11's time.sleep
+    when the monotonic clock is left unfaked (see LAB-FACTS.md).
+    """
+    try:
+        import libfaketime  # the PyPI package ships the library it wraps
+
+        vendored = Path(libfaketime.__file__).parent / "vendor" / "libfaketime" / "src" / "libfaketime.so.1"
+        if vendored.is_file():
+            return vendored
+    except ImportError:
+        pass
+    if _DEBIAN_FAKETIME.is_file():
+        log.warning("using Debian's libfaketime: Python's time.sleep may fail on devices (pip install libfaketime)")
+        return _DEBIAN_FAKETIME
+    raise LabError("libfaketime is not installed: pip install libfaketime (or apt-get install libfaketime)")
+
+
+def device_env(lab: LabConfig, device: DeviceConfig) -> dict[str, str]:
+    """The environment of every session on the device: its own clock and the lab's Python first on PATH."""
+    return {
+        "LD_PRELOAD": str(faketime_library()),
+        "FAKETIME_TIMESTAMP_FILE": str(clock_file(lab, device.name)),
+        "FAKETIME_NO_CACHE": "1",
+        # Python's timeouts (sleep, locks, subprocess) need a true monotonic clock.
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "PATH": f"{lab.dir / 'bin'}:{DEVICE_PATH}",
+        # A home of its own: the host's ~/.bashrc (pyenv, conda...) must not rewrite the device's PATH.
+        "HOME": str(device_home(lab, device.name)),
+        "LANG": "C.UTF-8",
+    }
+
+
+def device_home(lab: LabConfig, device: str) -> Path:
+    return lab.dir / device / "home"
+
+
+def clock_file(lab: LabConfig, device: str) -> Path:
+    return lab.dir / device / "faketime"
+
+
+def ensure_client_key(lab: LabConfig) -> None:
+    """The key hil logs in with, and the device's python3 (the lab's own interpreter, with onnxruntime)."""
+    lab.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not lab.client_key.is_file():
+        host_run([find_tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", f"hil-lab-{lab.name}",
+                  "-f", str(lab.client_key)])
+    (lab.dir / "authorized_keys").write_text(lab.client_key.with_suffix(".pub").read_text())
+    bindir = lab.dir / "bin"
+    bindir.mkdir(exist_ok=True)
+    for name in ("python3", "python"):
+        # A wrapper, not a symlink: a venv's interpreter only finds its site-packages when
+        # started through its own path.
+        wrapper = bindir / name
+        wrapper.unlink(missing_ok=True)
+        wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+        wrapper.chmod(0o755)
+
+
+def write_device_files(lab: LabConfig, device: DeviceConfig) -> Path:
+    """Host key, sshd_config and clock file for one device; returns the sshd_config path."""
+    ddir = lab.dir / device.name
+    ddir.mkdir(parents=True, exist_ok=True)
+    host_key = ddir / "host_ed25519_key"
+    for old in (host_key, host_key.with_suffix(".pub")):
+        old.unlink(missing_ok=True)
+    host_run([find_tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", device.name, "-f", str(host_key)])
+    clock_file(lab, device.name).write_text("+0\n")
+    device_home(lab, device.name).mkdir(exist_ok=True)
+    env = " ".join(f"{k}={v}" for k, v in device_env(lab, device).items())
+    config = ddir / "sshd_config"
+    config.write_text(
+        f"""# written by hil lab up for {device.name}
+ListenAddress {device.ssh.host}
+Port 22
+HostKey {host_key}
+PidFile {ddir / 'sshd.pid'}
+AuthorizedKeysFile {lab.dir / 'authorized_keys'}
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+UseDNS no
+PrintMotd no
+PrintLastLog no
+MaxSessions 64
+MaxStartups 64:30:128
+ClientAliveInterval 2
+ClientAliveCountMax 3
+Subsystem sftp internal-sftp
+SetEnv {env}
+"""
+    )
+    return config
+
+
+def write_known_hosts(lab: LabConfig, devices: list[DeviceConfig]) -> None:
+    """Pin every device's host key: hil connects with strict host-key checking."""
+    lines = []
+    for device in devices:
+        pub = lab.dir / device.name / "host_ed25519_key.pub"
+        if pub.is_file():
+            keytype, key = pub.read_text().split()[:2]
+            lines.append(f"{device.ssh.host} {keytype} {key}\n")
+    lab.known_hosts.write_text("".join(lines))
+
+
+def _join_cgroup(join: Callable[[int], None] | None) -> Callable[[], None] | None:
+    if join is None:
+        return None
+    return lambda: join(os.getpid())
+
+
+def start_sshd(lab: LabConfig, device: DeviceConfig, netns: str, join: Callable[[int], None] | None) -> int:
+    """sshd in the device's netns, inside a private mount+UTS namespace that holds its size-limited workdir."""
+    ddir = lab.dir / device.name
+    assert device.resources is not None
+    Path(device.workdir).mkdir(parents=True, exist_ok=True)  # the mount point, on the host
+    script = (
+        'mount -t tmpfs -o "size=$1,mode=0755" "hil-$2" "$3" && hostname "$2" && '
+        'exec "$4" -D -f "$5" -E "$6"'
+    )
+    args = [find_tool("ip"), "netns", "exec", netns,
+            find_tool("unshare"), "--mount", "--uts", "--propagation", "private",
+            "/bin/sh", "-c", script, "sh", str(device.resources.disk_bytes), device.name, device.workdir,
+            find_tool("sshd"), str(ddir / "sshd_config"), str(ddir / "sshd.log")]
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+    with (ddir / "boot.log").open("ab") as boot_log:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=boot_log, stderr=boot_log,
+                                start_new_session=True, preexec_fn=_join_cgroup(join), close_fds=True)
+    (ddir / "init.pid").write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def start_console(lab: LabConfig, device: DeviceConfig, sshd_pid: int, join: Callable[[int], None] | None) -> int:
+    """A shell on a pty inside the device's namespaces: the serial console, alive when the network is not."""
+    ddir = lab.dir / device.name
+    link = lab.console_path(device.name)
+    link.unlink(missing_ok=True)
+    shell = "bash --norc --noprofile -i"
+    args = [find_tool("nsenter"), "-t", str(sshd_pid), "-n", "-m", "-u", f"--wd={device.workdir}",
+            find_tool("socat"), "-d", f"pty,link={link},raw,echo=0",
+            f"exec:{shell},pty,stderr,setsid,sigint,sane,ctty"]
+    env = {**device_env(lab, device), "TERM": "vt100", "PS1": f"root@{device.name}:\\w# "}
+    with (ddir / "console.log").open("ab") as console_log:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=console_log, stderr=console_log,
+                                env=env, start_new_session=True, preexec_fn=_join_cgroup(join), close_fds=True)
+    (ddir / "console.pid").write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def set_clock_offset(lab: LabConfig, device: str, spec: str) -> None:
+    """Move a device's clock: a libfaketime spec like '+3600', '-86400' or '+0 x1.001'."""
+    clock_file(lab, device).write_text(f"{spec}\n")
