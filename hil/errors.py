@@ -56,3 +56,13 @@ class DeviceUnhealthy(InfraError):
 
 class ProductFailure(HilError):
     """The model or artifact under test failed a check (budget, integrity)."""
+
+
+class CommandFailed(HilError):
+    """A command asked to succeed (check=True) exited non-zero."""
+
+    def __init__(self, message: str, exit_status: int, stdout: str = "", stderr: str = "") -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+        self.stdout = stdout
+        self.stderr = stderr

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 SSHD_START_TIMEOUT = 5.0
 # A device built by another version of this package is rebuilt, not trusted.
-_LAB_CODE_HASH = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py")))).hexdigest()
+_LAB_SOURCES = sorted(Path(__file__).parent.glob("*.py"))
+_LAB_CODE_HASH = hashlib.sha256(b"".join(p.read_bytes() for p in _LAB_SOURCES)).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hil.config import DeviceConfig, LabConfig
 from hil.errors import LabError
+from hil.lab import cgroup
 from hil.lab.host import find_tool, host_run
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,19 @@ def _join_cgroup(join: Callable[[int], None] | None) -> Callable[[], None] | Non
     return lambda: join(os.getpid())
 
 
+def _cgroup_mounts() -> str:
+    """Shell that mounts the cgroup tree into the device: `ip netns exec` remounts /sys and hides it,
+    but a device (and its facts) must see its own CPU and memory limits, as on real hardware."""
+    version = cgroup.cgroup_version()
+    if version == 2:
+        return "mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null || true"
+    if version == 1:
+        return ("mount -t tmpfs -o mode=0755 cgroup /sys/fs/cgroup 2>/dev/null && "
+                "for c in cpu cpuacct memory; do mkdir -p /sys/fs/cgroup/$c && "
+                "mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c 2>/dev/null; done; true")
+    return "true"
+
+
 def start_sshd(lab: LabConfig, device: DeviceConfig, netns: str, join: Callable[[int], None] | None) -> int:
     """sshd in the device's netns, inside a private mount+UTS namespace that holds its size-limited workdir."""
     ddir = lab.dir / device.name
@@ -143,6 +157,7 @@ def start_sshd(lab: LabConfig, device: DeviceConfig, netns: str, join: Callable[
     Path(device.workdir).mkdir(parents=True, exist_ok=True)  # the mount point, on the host
     script = (
         'mount -t tmpfs -o "size=$1,mode=0755" "hil-$2" "$3" && hostname "$2" && '
+        f"{{ {_cgroup_mounts()} ; }} && "
         'exec "$4" -D -f "$5" -E "$6"'
     )
     args = [find_tool("ip"), "netns", "exec", netns,

@@ -1,0 +1,343 @@
+"""SSH to a device: one persistent connection, one long-lived command channel, reconnect on drop.
+
+A channel per command costs ~80 ms (sshd sets up a session for each); hil instead starts its
+command server (cmdserver.py) once per connection and sends every command through that one
+channel, ~1 ms each, with stdout, stderr, exit status, env, cwd, stdin and timeout kept exact
+and separate per command. Files move over one SFTP session per connection.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import itertools
+import json
+import logging
+import shlex
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from hil.config import SshConfig
+from hil.deadline import Deadline
+from hil.errors import AuthError, CommandTimeout, ConnectError, ConnectionLost, HostKeyError, TransportError
+from hil.transport.base import ProgressCallback, Result
+
+log = logging.getLogger(__name__)
+
+_SERVER_SOURCE = (Path(__file__).parent / "cmdserver.py").read_text()
+# How long past a command's own timeout we wait for the device to report the kill.
+ANSWER_GRACE = 5.0
+SERVER_START_TIMEOUT = 10.0
+
+
+@dataclass
+class _Pending:
+    done: threading.Event = field(default_factory=threading.Event)
+    answer: dict[str, Any] | None = None
+
+
+class _CommandChannel:
+    """The command server's channel: requests out, answers in, matched by id."""
+
+    def __init__(self, channel: paramiko.Channel, device: str) -> None:
+        self.channel = channel
+        self.device = device
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self.broken: str | None = None
+        self._reader = threading.Thread(target=self._read_answers, name=f"hil-ssh-{device}", daemon=True)
+        self._reader.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.broken is None and not self.channel.closed
+
+    def request(self, message: dict[str, Any], wait: float) -> dict[str, Any]:
+        rid = next(self._ids)
+        pending = _Pending()
+        with self._lock:
+            if self.broken:
+                raise ConnectionLost(f"device '{self.device}': connection lost: {self.broken}")
+            self._pending[rid] = pending
+        try:
+            self._send({**message, "id": rid})
+            if not pending.done.wait(wait):
+                raise TimeoutError
+        except BaseException:
+            with self._lock:
+                self._pending.pop(rid, None)
+            if message.get("op") == "run":
+                with contextlib.suppress(Exception):
+                    self._send({"op": "kill", "id": rid})  # Ctrl-C or no answer: stop it on the device
+            raise
+        assert pending.answer is not None
+        if "lost" in pending.answer:
+            raise ConnectionLost(f"device '{self.device}': connection lost: {pending.answer['lost']}")
+        return pending.answer
+
+    def _send(self, message: dict[str, Any]) -> None:
+        data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        with self._send_lock:
+            try:
+                self.channel.sendall(data)
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                self._fail(f"send failed: {exc}")
+                raise ConnectionLost(f"device '{self.device}': connection lost while sending: {exc}") from None
+
+    def _read_answers(self) -> None:
+        buffer = b""
+        try:
+            while True:
+                chunk = self.channel.recv(1 << 16)
+                if not chunk:
+                    break
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    self._deliver(json.loads(line))
+        except Exception as exc:  # the reader must end cleanly and tell every waiter
+            self._fail(f"{type(exc).__name__}: {exc}")
+            return
+        status = self.channel.exit_status if self.channel.exit_status_ready() else None
+        self._fail(f"command server ended (exit status {status})")
+
+    def _deliver(self, answer: dict[str, Any]) -> None:
+        with self._lock:
+            pending = self._pending.pop(answer.get("id", -1), None)
+        if pending is not None:
+            pending.answer = answer
+            pending.done.set()
+
+    def _fail(self, reason: str) -> None:
+        with self._lock:
+            if self.broken is None:
+                self.broken = reason
+            waiting, self._pending = self._pending, {}
+        for pending in waiting.values():
+            pending.answer = {"lost": reason}
+            pending.done.set()
+
+    def close(self) -> None:
+        self._fail("closed")
+        with contextlib.suppress(Exception):
+            self.channel.close()
+
+
+class SshTransport:
+    """The main door to a device. Thread-safe: commands from several threads run concurrently."""
+
+    def __init__(self, device_name: str, config: SshConfig, python: str = "python3") -> None:
+        self.device = device_name
+        self.config = config
+        self.python = python
+        self._client: paramiko.SSHClient | None = None
+        self._commands: _CommandChannel | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._lock = threading.RLock()
+        self._ever_connected = False
+        self.connects = 0  # how many sessions were opened: 1 unless the link dropped
+
+    # -- connection -------------------------------------------------------------------------
+
+    def _alive(self) -> bool:
+        transport = self._client.get_transport() if self._client else None
+        return bool(transport and transport.is_active() and self._commands and self._commands.alive)
+
+    def connect(self) -> None:
+        """Open the session now (it is also opened on first use, and reopened after a drop)."""
+        with self._lock:
+            if self._alive():
+                return
+            self._drop()
+            if not self._ever_connected:
+                self._open()  # first contact: fail fast, a dead device must not stall the run
+                return
+            # It worked before: the device may be rebooting or the link flapping; retry a while.
+            deadline = Deadline.after(self.config.reconnect_timeout)
+            delay = 0.1
+            while True:
+                try:
+                    self._open()
+                    log.info("device %s: reconnected", self.device)
+                    return
+                except (HostKeyError, AuthError):
+                    raise
+                except ConnectError as exc:
+                    if deadline.expired:
+                        raise ConnectError(f"{exc} (gave up reconnecting after "
+                                           f"{self.config.reconnect_timeout:g} s)") from None
+                    deadline.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+
+    def _open(self) -> None:
+        cfg = self.config
+        where = f"device '{self.device}' ({cfg.user}@{cfg.host}:{cfg.port})"
+        client = paramiko.SSHClient()
+        if cfg.known_hosts is not None:
+            try:
+                client.load_host_keys(str(cfg.known_hosts))
+            except (OSError, paramiko.SSHException) as exc:
+                raise HostKeyError(f"{where}: cannot read known_hosts {cfg.known_hosts}: {exc}") from None
+        if cfg.strict_host_key_checking:
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        else:
+            log.warning("%s: host key checking is OFF (strict_host_key_checking = false)", where)
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        t = cfg.connect_timeout
+        try:
+            client.connect(
+                cfg.host, port=cfg.port, username=cfg.user,
+                key_filename=str(cfg.key) if cfg.key else None,
+                password=cfg.password.reveal() if cfg.password else None,
+                look_for_keys=cfg.key is None, allow_agent=cfg.key is None,
+                timeout=t, banner_timeout=t, auth_timeout=t, channel_timeout=t,
+            )
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise HostKeyError(
+                f"{where}: host key does not match the one pinned in {cfg.known_hosts} "
+                f"(got {exc.key.get_name()} {exc.key.fingerprint}): the device was reinstalled, or this "
+                f"is not the device you think. If you trust it, remove the old key with "
+                f"`ssh-keygen -R {cfg.host} -f {cfg.known_hosts}` and pin the new one") from None
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise AuthError(f"{where}: authentication refused ({exc}); check ssh.user and ssh.key") from None
+        except paramiko.SSHException as exc:
+            client.close()
+            if "not found in known_hosts" in str(exc):
+                raise HostKeyError(
+                    f"{where}: host key is unknown (not in {cfg.known_hosts}); pin it first, e.g. "
+                    f"`ssh-keyscan -p {cfg.port} {cfg.host} >> {cfg.known_hosts}` after checking it") from None
+            raise ConnectError(f"{where}: SSH handshake failed: {exc}") from None
+        except TimeoutError:
+            client.close()
+            raise ConnectError(f"{where}: no answer within {t:g} s (device off, cable out, wrong address?)") from None
+        except OSError as exc:
+            client.close()
+            raise ConnectError(f"{where}: cannot connect: {exc.strerror or exc}") from None
+        transport = client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(max(1, int(cfg.keepalive)))
+        self._client = client
+        try:
+            self._commands = self._start_server(transport)
+        except BaseException:
+            self._drop()
+            raise
+        self._ever_connected = True
+        self.connects += 1
+
+    def _start_server(self, transport: paramiko.Transport) -> _CommandChannel:
+        try:
+            channel = transport.open_session(timeout=self.config.connect_timeout)
+            channel.exec_command(f"exec {shlex.quote(self.python)} -u -c {shlex.quote(_SERVER_SOURCE)}")
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise ConnectError(f"device '{self.device}': cannot open a command channel: {exc}") from None
+        commands = _CommandChannel(channel, self.device)
+        try:
+            commands.request({"op": "ping"}, SERVER_START_TIMEOUT)
+        except (TimeoutError, TransportError):
+            err = b""
+            with contextlib.suppress(Exception):
+                while channel.recv_stderr_ready():
+                    err += channel.recv_stderr(4096)
+            commands.close()
+            raise ConnectError(
+                f"device '{self.device}': cannot start hil's command server with '{self.python}' "
+                f"({err.decode(errors='replace').strip()[-300:] or 'no answer'}): install Python 3 on the "
+                f"device or set its `python` in devices.toml") from None
+        return commands
+
+    def _drop(self) -> None:
+        for thing in (self._sftp, self._commands, self._client):
+            if thing is not None:
+                with contextlib.suppress(Exception):
+                    thing.close()
+        self._sftp = self._commands = self._client = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def _channel(self) -> _CommandChannel:
+        with self._lock:
+            if not self._alive():
+                self.connect()
+            assert self._commands is not None
+            return self._commands
+
+    def run(
+        self,
+        command: str,
+        *,
+        timeout: float,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bytes | None = None,
+    ) -> Result:
+        started = time.monotonic()
+        commands = self._channel()
+        request = {"op": "run", "cmd": command, "env": dict(env or {}), "cwd": cwd, "timeout": timeout,
+                   "stdin": base64.b64encode(stdin).decode() if stdin is not None else None}
+        try:
+            answer = commands.request(request, timeout + ANSWER_GRACE)
+        except TimeoutError:
+            # The device did not even report the kill: the path to it is dead, start afresh next time.
+            self.close()
+            raise ConnectionLost(f"device '{self.device}': no answer to {command!r} within "
+                                 f"{timeout + ANSWER_GRACE:g} s; connection dropped") from None
+        except ConnectionLost:
+            self.close()
+            raise
+        if "error" in answer:
+            raise TransportError(f"device '{self.device}': {answer['error']}")
+        stdout = base64.b64decode(answer["stdout"]).decode(errors="replace")
+        stderr = base64.b64decode(answer["stderr"]).decode(errors="replace")
+        if answer["timed_out"]:
+            raise CommandTimeout(f"device '{self.device}': {command!r} ran past its {timeout:g} s timeout "
+                                 "and was killed", stdout=stdout, stderr=stderr)
+        return Result(command, stdout, stderr, answer["status"], time.monotonic() - started)
+
+    def device_time(self) -> tuple[float, float, float]:
+        """(host time before, device wall clock, host time after), for a clock-offset estimate."""
+        commands = self._channel()
+        before = time.time()
+        answer = commands.request({"op": "ping"}, self.config.connect_timeout + ANSWER_GRACE)
+        after = time.time()
+        return before, float(answer["time"]), after
+
+    # -- files ------------------------------------------------------------------------------
+
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        with self._lock:
+            self._channel()
+            if self._sftp is None:
+                assert self._client is not None
+                try:
+                    self._sftp = self._client.open_sftp()
+                except (paramiko.SSHException, OSError, EOFError) as exc:
+                    raise TransportError(f"device '{self.device}': cannot open SFTP: {exc}") from None
+                self._sftp.get_channel().settimeout(max(30.0, self.config.connect_timeout))
+            return self._sftp
+
+    def put(self, local: Path, remote: str, *, progress: ProgressCallback | None = None) -> None:
+        try:
+            self._sftp_client().put(str(local), remote, callback=progress)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise TransportError(f"device '{self.device}': upload {local} -> {remote} failed: {exc}") from None
+
+    def get(self, remote: str, local: Path, *, progress: ProgressCallback | None = None) -> None:
+        try:
+            self._sftp_client().get(remote, str(local), callback=progress)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise TransportError(f"device '{self.device}': download {remote} -> {local} failed: {exc}") from None
