@@ -68,6 +68,9 @@ def create_device_net(lab: str, device: str, address: ipaddress.IPv4Address, sub
     host_run([ip, "netns", "add", ns])
     host_run([ip, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
     host_run([ip, "link", "set", veth, "master", bridge_name(lab), "up"])
+    # The host may remember the MAC of an earlier incarnation of this device: forget it, or
+    # the first seconds of traffic go nowhere.
+    host_run([ip, "neigh", "flush", "to", str(address), "dev", bridge_name(lab)], check=False)
     batch = (
         "link set lo up\n"
         f"addr add {address}/{subnet.prefixlen} dev eth0\n"

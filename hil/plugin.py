@@ -1,0 +1,195 @@
+"""The pytest plugin: devices.toml -> parametrized `device` fixture, markers, lab bring-up, quarantine.
+
+Thin wiring only; the work is done by hil.config, hil.device and hil.lab.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from hil.config import Inventory, load_inventory
+from hil.device import Device
+from hil.errors import ConfigError, DeviceUnhealthy, HilError, InfraError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DEVICES = "devices.toml"
+_SESSION_KEY = pytest.StashKey["HilSession"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("hil", "hardware-in-the-loop devices")
+    group.addoption("--hil-devices", metavar="PATH", default=None,
+                    help=f"devices.toml describing the lab (default: ./{DEFAULT_DEVICES} when present)")
+    group.addoption("--hil-device", metavar="NAME", action="append", default=[],
+                    help="run only on this device (repeatable); default: every device in devices.toml")
+    group.addoption("--hil-no-lab", action="store_true", default=False,
+                    help="do not bring the emulated lab up automatically")
+
+
+@dataclass
+class HilSession:
+    """Per-process state: the inventory, one Device (one connection) per device, and who is broken."""
+
+    inventory: Inventory | None
+    selected: list[str]
+    auto_lab: bool
+    devices: dict[str, Device] = field(default_factory=dict)
+    broken: dict[str, str] = field(default_factory=dict)
+    reported: set[str] = field(default_factory=set)
+    lab_checked: bool = False
+
+    def acquire(self, name: str) -> Device:
+        if name in self.broken:
+            if name in self.reported:
+                pytest.skip(f"device '{name}' is out of this run (infrastructure): {self.broken[name]}")
+            self.reported.add(name)
+            raise DeviceUnhealthy(f"device '{name}' is out of this run (infrastructure): {self.broken[name]}")
+        if name in self.devices:
+            return self.devices[name]
+        assert self.inventory is not None
+        config = self.inventory.get(name)
+        try:
+            if config.emulated:
+                self._ensure_lab()
+            device = Device(config)
+            health = device.health()
+        except HilError as exc:
+            self.broken[name] = str(exc)
+            return self.acquire(name)
+        if not health.ok:
+            device.close()
+            self.broken[name] = "; ".join(health.problems)
+            return self.acquire(name)
+        for warning in health.warnings:
+            log.warning("%s: %s", name, warning)
+        self.devices[name] = device
+        return device
+
+    def _ensure_lab(self) -> None:
+        if self.lab_checked or not self.auto_lab:
+            return
+        from hil.lab import EmulatedLab
+
+        assert self.inventory is not None
+        emulated = [n for n in self.selected if self.inventory.get(n).emulated]
+        EmulatedLab(self.inventory).ensure_up(emulated)
+        self.lab_checked = True
+
+    def mark_broken(self, name: str, reason: str) -> None:
+        self.broken.setdefault(name, reason)
+        self.reported.add(name)  # the failing test itself already reported it
+        device = self.devices.pop(name, None)
+        if device is not None:
+            device.close()
+
+    def close(self) -> None:
+        for device in self.devices.values():
+            device.close()
+        self.devices.clear()
+
+
+def _inventory_path(config: pytest.Config) -> Path | None:
+    """--hil-devices if given (it must then exist), else ./devices.toml when there is one."""
+    given = config.getoption("--hil-devices")
+    if given:
+        return Path(given)
+    default = Path(config.invocation_params.dir) / DEFAULT_DEVICES
+    return default if default.is_file() else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "emulated: tests on emulated devices (the embedded lab)")
+    path = _inventory_path(config)
+    inventory = None
+    if path is not None:
+        try:
+            inventory = load_inventory(path)
+        except ConfigError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        for tag in inventory.tags:
+            config.addinivalue_line("markers", f"{tag}: devices tagged '{tag}' in {path.name}")
+        for device in inventory.devices:
+            config.addinivalue_line("markers", f"device_{device.name.replace('-', '_').replace('.', '_')}: "
+                                               f"the device '{device.name}'")
+    selected = config.getoption("--hil-device")
+    if selected and inventory is None:
+        raise pytest.UsageError(f"--hil-device given but there is no {DEFAULT_DEVICES}: pass --hil-devices PATH")
+    if inventory is not None:
+        try:
+            selected = [d.name for d in inventory.select(selected)]
+        except ConfigError as exc:
+            raise pytest.UsageError(f"--hil-device: {exc}") from None
+    config.stash[_SESSION_KEY] = HilSession(inventory, selected, not config.getoption("--hil-no-lab"))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(_SESSION_KEY, None)
+    if session is not None:
+        session.close()
+
+
+def _session(config: pytest.Config) -> HilSession:
+    return config.stash[_SESSION_KEY]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "device" not in metafunc.fixturenames:
+        return
+    session = _session(metafunc.config)
+    if session.inventory is None:
+        return  # the fixture itself explains what is missing
+    params = []
+    for name in session.selected:
+        config = session.inventory.get(name)
+        marks = [getattr(pytest.mark, tag) for tag in config.tags]
+        params.append(pytest.param(name, id=name, marks=marks))
+    metafunc.parametrize("device", params, indirect=True)
+
+
+@pytest.fixture
+def device(request: pytest.FixtureRequest) -> Device:
+    """The device this test runs on; the test runs once per selected device."""
+    session = _session(request.config)
+    if session.inventory is None or not hasattr(request, "param"):
+        raise pytest.UsageError(f"the 'device' fixture needs a {DEFAULT_DEVICES}: pass --hil-devices PATH")
+    name: str = request.param
+    request.node.user_properties.append(("hil.device", name))
+    dev = session.acquire(name)
+    for key, value in dev.facts().summary().items():
+        request.node.user_properties.append((f"hil.facts.{key}", value))
+    return dev
+
+
+@pytest.fixture(scope="session")
+def hil_inventory(request: pytest.FixtureRequest) -> Inventory:
+    """The parsed devices.toml of this run."""
+    inventory = _session(request.config).inventory
+    if inventory is None:
+        raise pytest.UsageError(f"no {DEFAULT_DEVICES}: pass --hil-devices PATH")
+    return inventory
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    report = yield
+    if call.excinfo is not None and call.excinfo.errisinstance(InfraError):
+        # Not a verdict on the model: label it, and take the device out so its other tests do not stall.
+        report.user_properties.append(("hil.infrastructure", str(call.excinfo.value)))
+        name = dict(item.user_properties).get("hil.device")
+        if name and call.when == "call":
+            _session(item.config).mark_broken(str(name), str(call.excinfo.value))
+    return report
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
+    session = config.stash.get(_SESSION_KEY, None)
+    if session is None or not session.broken:
+        return
+    terminalreporter.section("hil: devices out of this run (infrastructure, not product failures)")
+    for name, reason in sorted(session.broken.items()):
+        terminalreporter.write_line(f"{name}: {reason}")
