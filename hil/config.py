@@ -459,7 +459,8 @@ def load_inventory(path: Path | str) -> Inventory:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file: pass --hil-devices PATH or create devices.toml") from None
+        raise ConfigError(f"{path}: no such file: create it, or point hil at yours "
+                          "(pytest --hil-devices PATH, hil --devices PATH)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot be read: {exc}") from None
     try:

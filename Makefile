@@ -1,0 +1,40 @@
+# make run:  set up, bring the emulated lab up, run the validation suites -> reports/
+# make test: set up, lint, run hil's own tests (what CI runs)
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+DEVICES ?= devices.toml
+PYTEST_ARGS ?=
+
+.PHONY: setup run test lint lab-up lab-down lab-status bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	@mkdir -p reports
+	$(BIN)/hil --devices $(DEVICES) lab up
+	$(BIN)/pytest suites/ --hil-devices $(DEVICES) --junitxml=reports/junit.xml $(PYTEST_ARGS)
+
+test: setup lint
+	@mkdir -p reports
+	$(BIN)/pytest tests/ --junitxml=reports/tests-junit.xml $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+
+lab-up: setup
+	$(BIN)/hil --devices $(DEVICES) lab up
+
+lab-down: setup
+	$(BIN)/hil --devices $(DEVICES) lab down
+
+lab-status: setup
+	$(BIN)/hil --devices $(DEVICES) lab status
+
+bench: setup
+	$(BIN)/python benchmarks/roundtrip.py --devices $(DEVICES)
+	$(BIN)/python benchmarks/lab_speed.py
+
+clean:
+	rm -rf reports .venv *.egg-info
