@@ -106,7 +106,8 @@ def test_lab_host_checks_name_what_to_install(monkeypatch: pytest.MonkeyPatch) -
         host.require_lab_host()
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     real_which = host.shutil.which
-    monkeypatch.setattr(host.shutil, "which", lambda name, path=None: None if name == "socat" else real_which(name, path=path))
+    monkeypatch.setattr(host.shutil, "which",
+                        lambda name, path=None: None if name == "socat" else real_which(name, path=path))
     with pytest.raises(LabError, match="apt-get install socat"):
         host.require_lab_host()
 

@@ -127,7 +127,7 @@ def test_unreachable_device_fails_fast(device_a: Device) -> None:
     # An unused address inside the lab subnet: the lab bridge owns it, nothing leaves the machine.
     transport = _transport(device_a, host="10.77.1.250", connect_timeout=1.0)
     started = time.monotonic()
-    with pytest.raises(ConnectError, match="10.77.1.250"):
+    with pytest.raises(ConnectError, match=r"10\.77\.1\.250"):
         transport.run("true", timeout=5)
     assert time.monotonic() - started < 1.0 + 1.0
 
