@@ -18,6 +18,10 @@ EMULATED_HOST_OFFSET = 10  # emulated devices get subnet addresses .10, .11, ...
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _TAG = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_WORKDIR = re.compile(r"(/[A-Za-z0-9._-]+)+")
+_SYSTEM_DIRS = {"/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/mnt", "/opt", "/proc", "/root",
+                "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/bin", "/usr/lib", "/usr/local", "/var",
+                "/var/lib", "/var/log", "/var/tmp"}
 _LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -191,7 +195,12 @@ def _str(ctx: _Ctx, table: dict[str, Any], key: str, default: str | None = None)
         return None
     if not isinstance(value, str):
         raise ctx.error(key, f"must be a string, got {_type_name(value)} {value!r}")
-    return _expand_env(ctx, key, value)
+    if not value.strip():
+        raise ctx.error(key, "must not be empty (leave the key out to get the default)")
+    expanded = _expand_env(ctx, key, value)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in expanded):
+        raise ctx.error(key, "must not contain control characters (newline, tab, NUL...)")
+    return expanded
 
 
 def _secret(ctx: _Ctx, table: dict[str, Any], key: str) -> Secret | None:
@@ -336,10 +345,12 @@ def _load_ssh(ctx: _Ctx, raw: dict[str, Any], base: Path, emulated_host: str | N
         "reconnect_timeout": _number(ctx, raw, "reconnect_timeout", 15.0),
     }
     if emulated_host is not None:
+        allowed = ", ".join(sorted(_EMULATED_SSH_KEYS))
         for key in raw:
+            if key not in _SSH_KEYS:
+                raise ctx.error(key, f"unknown key (an emulated device allows: {allowed})")
             if key not in _EMULATED_SSH_KEYS:
-                raise ctx.error(key, "is set by the emulated lab; only "
-                                     f"{', '.join(sorted(_EMULATED_SSH_KEYS))} may be given for an emulated device")
+                raise ctx.error(key, f"is set by the emulated lab; only {allowed} may be given for an emulated device")
         return SshConfig(host=emulated_host, user="root", key=lab.client_key, known_hosts=lab.known_hosts,
                          **timeouts)
     _check_keys(ctx, raw, _SSH_KEYS, {"host"})
@@ -375,6 +386,8 @@ def _load_serial(ctx: _Ctx, raw: dict[str, Any], base: Path, emulated_port: Path
         except (re.error, RecursionError, OverflowError) as exc:
             raise ctx.error("prompt", f"is not a valid regular expression: {exc}") from None
     port = str(emulated_port) if emulated_port is not None else _str(ctx, raw, "port") or ""
+    if emulated_port is None and "://" not in port and not port.startswith("/"):
+        port = str(base / port)  # relative to devices.toml, like ssh.key
     if emulated_port is None and not (port.startswith(("rfc2217://", "socket://")) or Path(port).exists()):
         raise ctx.error("port", f"serial port {port} does not exist: check the cable and the device path "
                                 "(ls /dev/serial/by-id/)")
@@ -405,6 +418,9 @@ def _load_device(ctx: _Ctx, raw: Any, index: int, emulated_index: int, lab: LabC
         if not _TAG.fullmatch(tag):
             raise ctx.error("tags", f"tag {tag!r} is not usable as a pytest marker (letters, digits, '_')")
     emulated = _bool(ctx, raw, "emulated", False)
+    if "emulated" in tags_raw and not emulated:
+        # Results from emulated devices must never pass for real-hardware results.
+        raise ctx.error("tags", "the tag 'emulated' is reserved for emulated devices (emulated = true)")
     tags = tuple(dict.fromkeys([*tags_raw, *(["emulated"] if emulated else [])]))
     base = ctx.path.parent
 
@@ -437,15 +453,16 @@ def _load_device(ctx: _Ctx, raw: Any, index: int, emulated_index: int, lab: LabC
     elif not emulated and serial_raw is not None:
         serial = _load_serial(ctx, _table(ctx, raw, "serial") or {}, base, None)
 
-    workdir = _str(ctx, raw, "workdir", "/var/lib/hil") or ""
-    if not workdir.startswith("/") or workdir.rstrip("/") in ("", "/tmp", "/var", "/home", "/root", "/usr"):
-        raise ctx.error("workdir", f"must be an absolute path of a directory hil owns, got {workdir!r}")
+    workdir = (_str(ctx, raw, "workdir", "/var/lib/hil") or "").rstrip("/")
+    if (not _WORKDIR.fullmatch(workdir) or ".." in workdir.split("/") or workdir in _SYSTEM_DIRS):
+        raise ctx.error("workdir", f"must be an absolute path of a directory hil owns (letters, digits, '._-/'; "
+                                   f"not a system directory), got {workdir or '/'!r}")
     return DeviceConfig(
         name=name,
         tags=tags,
         ssh=ssh,
         serial=serial,
-        workdir=workdir.rstrip("/"),
+        workdir=workdir,
         emulated=emulated,
         resources=resources,
         python=_str(ctx, raw, "python", "python3") or "python3",
