@@ -57,6 +57,8 @@ class SshConfig:
     keepalive: float = 5.0
     # How long a dropped connection may take to come back before commands fail.
     reconnect_timeout: float = 15.0
+    # Reach the device only through this host interface (SO_BINDTODEVICE), never any other route.
+    bind_interface: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,11 @@ class LabConfig:
     def dir(self) -> Path:
         """Where the lab keeps keys, configs and pids for this lab."""
         return self.state_dir / self.name
+
+    @property
+    def bridge(self) -> str:
+        """The host interface that owns the lab subnet."""
+        return f"{self.name}-br"
 
     @property
     def host_address(self) -> ipaddress.IPv4Address:
@@ -332,7 +339,7 @@ def _load_lab(ctx: _Ctx, raw: Any) -> LabConfig:
 
 _DEVICE_KEYS = {"name", "tags", "emulated", "workdir", "python", "ssh", "serial", "cpus", "memory", "disk"}
 _SSH_KEYS = {"host", "port", "user", "key", "password", "known_hosts", "strict_host_key_checking",
-             "connect_timeout", "keepalive", "reconnect_timeout"}
+             "connect_timeout", "keepalive", "reconnect_timeout", "bind_interface"}
 _EMULATED_SSH_KEYS = {"connect_timeout", "keepalive", "reconnect_timeout"}
 _SERIAL_KEYS = {"port", "baud", "login", "password", "prompt", "timeout"}
 
@@ -351,8 +358,9 @@ def _load_ssh(ctx: _Ctx, raw: dict[str, Any], base: Path, emulated_host: str | N
                 raise ctx.error(key, f"unknown key (an emulated device allows: {allowed})")
             if key not in _EMULATED_SSH_KEYS:
                 raise ctx.error(key, f"is set by the emulated lab; only {allowed} may be given for an emulated device")
+        # Bound to the lab bridge: if the lab is down, traffic fails here instead of taking the default route.
         return SshConfig(host=emulated_host, user="root", key=lab.client_key, known_hosts=lab.known_hosts,
-                         **timeouts)
+                         bind_interface=lab.bridge, **timeouts)
     _check_keys(ctx, raw, _SSH_KEYS, {"host"})
     strict = _bool(ctx, raw, "strict_host_key_checking", True)
     known_hosts = _file(ctx, raw, "known_hosts", base)
@@ -370,6 +378,7 @@ def _load_ssh(ctx: _Ctx, raw: dict[str, Any], base: Path, emulated_host: str | N
         password=_secret(ctx, raw, "password"),
         known_hosts=known_hosts,
         strict_host_key_checking=strict,
+        bind_interface=_str(ctx, raw, "bind_interface"),
         **timeouts,
     )
 

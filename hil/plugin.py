@@ -179,7 +179,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     report = yield
     if call.excinfo is not None and call.excinfo.errisinstance(InfraError):
         # Not a verdict on the model: label it, and take the device out so its other tests do not stall.
-        report.user_properties.append(("hil.infrastructure", str(call.excinfo.value)))
+        # On the item too: JUnit XML takes its properties from the teardown report, a copy of the item's.
+        label = ("hil.infrastructure", str(call.excinfo.value))
+        item.user_properties.append(label)
+        report.user_properties.append(label)
         name = dict(item.user_properties).get("hil.device")
         if name and call.when == "call":
             _session(item.config).mark_broken(str(name), str(call.excinfo.value))

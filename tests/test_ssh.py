@@ -59,13 +59,21 @@ def test_concurrent_commands_stay_isolated(device_a: Device) -> None:
     assert time.monotonic() - started < 1.5, "commands ran one after another, not concurrently"
 
 
-def test_one_connection_serves_every_command(device_a: Device) -> None:
-    for _ in range(50):
-        device_a.run("true", timeout=10)
-    assert device_a.ssh.connects == 1
-    # And the device saw a single SSH session from us, not fifty.
-    sessions = device_a.run("ps -eo args | grep -c '^sshd: root@notty'", timeout=10).stdout.strip()
-    assert int(sessions) <= 2  # ours (plus at most one from a parallel fixture's device)
+def test_one_connection_serves_every_command(lab: EmulatedLab) -> None:
+    sshd_log = lab.config.dir / "emu-b" / "sshd.log"
+
+    def logins() -> int:
+        return sshd_log.read_text().count("Accepted publickey")
+
+    before = logins()
+    device = Device(lab.inventory.get("emu-b"))
+    try:
+        for _ in range(50):
+            device.run("true", timeout=10)
+        assert device.ssh.connects == 1
+        assert logins() - before == 1  # the device's sshd agrees: one login for fifty commands
+    finally:
+        device.close()
 
 
 def test_timeout_kills_the_command_and_its_children(device_a: Device) -> None:

@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from hil.deadline import Deadline
 from hil.errors import LabError
 from hil.lab import cgroup, network, services
 from hil.lab.host import pid_alive, read_pid, require_lab_host
+from hil.transport.ssh import open_socket
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class EmulatedLab:
         while not deadline.expired:
             if not pid_alive(pid):
                 break
-            with contextlib.suppress(OSError), socket.create_connection((device.ssh.host, 22), timeout=0.5):
+            with contextlib.suppress(OSError), open_socket(device.ssh.host, 22, 0.5, self.config.bridge):
                 return
             time.sleep(0.01)
         logs = self._tail(device, "boot.log") + self._tail(device, "sshd.log")

@@ -22,7 +22,7 @@ def netns_name(lab: str, device: str) -> str:
 
 
 def bridge_name(lab: str) -> str:
-    return f"{lab}-br"
+    return f"{lab}-br"  # LabConfig.bridge: emulated devices' SSH is bound to it
 
 
 def host_veth_name(lab: str, address: ipaddress.IPv4Address) -> str:

@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import shlex
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -34,6 +35,27 @@ _SERVER_SOURCE = (Path(__file__).parent / "cmdserver.py").read_text()
 # How long past a command's own timeout we wait for the device to report the kill.
 ANSWER_GRACE = 5.0
 SERVER_START_TIMEOUT = 10.0
+
+
+def open_socket(host: str, port: int, timeout: float, interface: str | None) -> socket.socket:
+    """A TCP connection to the device; with `interface`, the kernel keeps it on that interface only."""
+    last: OSError | None = None
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            if interface is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+                except OSError as exc:
+                    raise OSError(exc.errno, f"cannot use interface {interface} ({exc.strerror}); "
+                                             "for an emulated device: is the lab up? (hil lab up)") from None
+            sock.settimeout(timeout)
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+    raise last or OSError(f"no address for {host}")
 
 
 @dataclass
@@ -193,8 +215,9 @@ class SshTransport:
             client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
         t = cfg.connect_timeout
         try:
+            sock = open_socket(cfg.host, cfg.port, t, cfg.bind_interface)
             client.connect(
-                cfg.host, port=cfg.port, username=cfg.user,
+                cfg.host, port=cfg.port, username=cfg.user, sock=sock,
                 key_filename=str(cfg.key) if cfg.key else None,
                 password=cfg.password.reveal() if cfg.password else None,
                 look_for_keys=cfg.key is None, allow_agent=cfg.key is None,
