@@ -42,6 +42,7 @@ class HilSession:
     broken: dict[str, str] = field(default_factory=dict)
     reported: set[str] = field(default_factory=set)
     lab_checked: bool = False
+    lab_error: HilError | None = None
 
     def acquire(self, name: str) -> Device:
         if name in self.broken:
@@ -71,13 +72,19 @@ class HilSession:
         return device
 
     def _ensure_lab(self) -> None:
+        if self.lab_error is not None:
+            raise self.lab_error  # one failed bring-up is enough; do not retry it for every device
         if self.lab_checked or not self.auto_lab:
             return
         from hil.lab import EmulatedLab
 
         assert self.inventory is not None
         emulated = [n for n in self.selected if self.inventory.get(n).emulated]
-        EmulatedLab(self.inventory).ensure_up(emulated)
+        try:
+            EmulatedLab(self.inventory).ensure_up(emulated)
+        except HilError as exc:
+            self.lab_error = exc
+            raise
         self.lab_checked = True
 
     def mark_broken(self, name: str, reason: str) -> None:
@@ -121,7 +128,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--hil-device given but there is no {DEFAULT_DEVICES}: pass --hil-devices PATH")
     if inventory is not None:
         try:
-            selected = [d.name for d in inventory.select(selected)]
+            selected = [d.name for d in inventory.select(list(dict.fromkeys(selected)))]
         except ConfigError as exc:
             raise pytest.UsageError(f"--hil-device: {exc}") from None
     config.stash[_SESSION_KEY] = HilSession(inventory, selected, not config.getoption("--hil-no-lab"))
@@ -177,6 +184,9 @@ def hil_inventory(request: pytest.FixtureRequest) -> Inventory:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     report = yield
+    if call.excinfo is not None and call.excinfo.errisinstance(DeviceUnhealthy):
+        # Our own verdict on the device: the message says it all, a traceback through hil would not help.
+        report.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}"
     if call.excinfo is not None and call.excinfo.errisinstance(InfraError):
         # Not a verdict on the model: label it, and take the device out so its other tests do not stall.
         # On the item too: JUnit XML takes its properties from the teardown report, a copy of the item's.
