@@ -145,9 +145,17 @@ class Device:
     # -- facts and health --------------------------------------------------------------------
 
     def clock_offset(self, samples: int = CLOCK_SAMPLES) -> ClockOffset:
+        """Measured with `date` on the device: the clock its processes see, faked or not."""
         best: tuple[float, float] | None = None  # (round trip, offset)
         for _ in range(samples):
-            before, device_time, after = self.ssh.device_time()
+            before = time.time()
+            result = self.run("date +%s.%N", timeout=10)
+            after = time.time()
+            try:
+                device_time = float(result.stdout)
+            except ValueError:
+                raise TransportError(f"device '{self.name}': `date +%s.%N` printed {result.stdout.strip()!r}, "
+                                     "not seconds; hil needs a date with %N (coreutils)") from None
             rtt = after - before
             if best is None or rtt < best[0]:
                 best = (rtt, device_time - (before + after) / 2)

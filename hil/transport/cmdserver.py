@@ -9,7 +9,7 @@ whole tree.
 Request:  {"op": "run", "id": 1, "cmd": "...", "env": {...}, "cwd": "/x", "stdin": "<b64>", "timeout": 5.0}
           {"op": "kill", "id": 1}   {"op": "ping", "id": 2}
 Answer:   {"id": 1, "status": 0, "stdout": "<b64>", "stderr": "<b64>", "timed_out": false, "seconds": 0.001}
-          {"id": 2, "pong": true, "time": 1700000000.123}
+          {"id": 2, "pong": true}
 """
 
 import base64
@@ -68,10 +68,20 @@ def _argv(cmd, env):
     return "/bin/sh", ["/bin/sh", "-c", cmd]
 
 
+# The session's LD_PRELOAD (libfaketime on an emulated device, say) is for the commands, not for
+# this server: with it, every clock read of ours re-read the faketime file and doubled the round trip.
+# The launcher moves it aside into HIL_SESSION_LD_PRELOAD; each command gets it back.
+_BASE_ENV = dict(os.environ)
+_SESSION_PRELOAD = _BASE_ENV.pop("HIL_SESSION_LD_PRELOAD", "")
+_BASE_ENV.pop("LD_PRELOAD", None)
+if _SESSION_PRELOAD:
+    _BASE_ENV["LD_PRELOAD"] = _SESSION_PRELOAD
+
+
 def _run(req):
     rid = req["id"]
     started = time.monotonic()
-    env = dict(os.environ)
+    env = dict(_BASE_ENV)
     env.update(req.get("env") or {})
     stdin = req.get("stdin")
     data = base64.b64decode(stdin) if stdin is not None else None
@@ -125,7 +135,7 @@ def main():
             if proc is not None:
                 threading.Thread(target=_kill_group, args=(proc,), daemon=True).start()
         elif op == "ping":
-            _send({"id": req.get("id"), "pong": True, "time": time.time()})
+            _send({"id": req.get("id"), "pong": True})
     # The connection is gone: take every running command down with us.
     with _running_lock:
         procs = list(_running.values())

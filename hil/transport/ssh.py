@@ -261,7 +261,9 @@ class SshTransport:
     def _start_server(self, transport: paramiko.Transport) -> _CommandChannel:
         try:
             channel = transport.open_session(timeout=self.config.connect_timeout)
-            channel.exec_command(f"exec {shlex.quote(self.python)} -u -c {shlex.quote(_SERVER_SOURCE)}")
+            # The server itself runs without the session's LD_PRELOAD; it hands it on to each command.
+            channel.exec_command(f'HIL_SESSION_LD_PRELOAD="${{LD_PRELOAD-}}" LD_PRELOAD= exec '
+                                 f"{shlex.quote(self.python)} -u -c {shlex.quote(_SERVER_SOURCE)}")
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise ConnectError(f"device '{self.device}': cannot open a command channel: {exc}") from None
         commands = _CommandChannel(channel, self.device)
@@ -330,14 +332,6 @@ class SshTransport:
             raise CommandTimeout(f"device '{self.device}': {command!r} ran past its {timeout:g} s timeout "
                                  "and was killed", stdout=stdout, stderr=stderr)
         return Result(command, stdout, stderr, answer["status"], time.monotonic() - started)
-
-    def device_time(self) -> tuple[float, float, float]:
-        """(host time before, device wall clock, host time after), for a clock-offset estimate."""
-        commands = self._channel()
-        before = time.time()
-        answer = commands.request({"op": "ping"}, self.config.connect_timeout + ANSWER_GRACE)
-        after = time.time()
-        return before, float(answer["time"]), after
 
     # -- files ------------------------------------------------------------------------------
 
