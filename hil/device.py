@@ -14,6 +14,7 @@ from typing import Any
 from hil.config import DeviceConfig
 from hil.errors import CommandFailed, HilError, InfraError, TransportError
 from hil.transport.base import ProgressCallback, Result
+from hil.transport.serial import SerialTransport
 from hil.transport.ssh import SshTransport
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class Device:
         self.config = config
         self.name = config.name
         self.ssh = SshTransport(config.name, config.ssh, config.python)
-        self._serial: Any = None
+        self._serial: SerialTransport | None = None
         self._facts: Facts | None = None
 
     def __repr__(self) -> str:
@@ -126,14 +127,12 @@ class Device:
         self.ssh.get(remote, Path(local), progress=progress)
 
     @property
-    def serial(self) -> Any:
+    def serial(self) -> SerialTransport:
         """The serial console transport; raises when the device has none wired."""
         if self.config.serial is None:
             raise InfraError(f"device '{self.name}' has no serial console configured ([devices.serial] in "
                              "devices.toml)")
         if self._serial is None:
-            from hil.transport.serial import SerialTransport
-
             self._serial = SerialTransport(self.name, self.config.serial)
         return self._serial
 
