@@ -88,6 +88,13 @@ def test_console_lives_in_the_device_and_survives_network_loss(lab: EmulatedLab,
         lab.set_link("emu-a", up=True)
 
 
+def test_device_has_its_own_process_table(device_a: Device) -> None:
+    # A `kill -9 -1` or `pkill python` on the device (a fault, a careless test) must not reach the host.
+    assert device_a.run("cat /proc/1/comm", timeout=10).stdout == "sshd\n"
+    assert device_a.run(f"kill -0 {os.getpid()}", timeout=10).exit_status != 0
+    assert str(os.getpid()) not in device_a.run("ps -eo pid", timeout=10).stdout.split()
+
+
 def test_up_recovers_a_stale_device(lab: EmulatedLab, device_b: Device) -> None:
     # What CI finds after a killed session: kernel state still there, processes gone.
     pid = host.read_pid(lab.config.dir / "emu-b" / "init.pid")

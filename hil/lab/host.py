@@ -77,3 +77,11 @@ def read_pid(path: os.PathLike[str] | str) -> int | None:
         return int(Path(path).read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of `pid` (empty when it has none or is gone)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []

@@ -21,7 +21,7 @@ from hil.config import DeviceConfig, Inventory, LabConfig
 from hil.deadline import Deadline
 from hil.errors import LabError
 from hil.lab import cgroup, network, services
-from hil.lab.host import pid_alive, read_pid, require_lab_host
+from hil.lab.host import child_pids, pid_alive, read_pid, require_lab_host
 from hil.transport.ssh import open_socket
 
 log = logging.getLogger(__name__)
@@ -130,10 +130,13 @@ class EmulatedLab:
         group = cgroup.create(self._cgroup_name(device), device.resources.cpus, device.resources.memory_bytes)
         join = group.add if group else None
         network.create_device_net(lab.name, device.name, address, lab.subnet)
-        sshd_pid = services.start_sshd(lab, device, network.netns_name(lab.name, device.name), join)
-        self._wait_for_sshd(device, sshd_pid)
+        init_pid = services.start_sshd(lab, device, network.netns_name(lab.name, device.name), join)
+        self._wait_for_sshd(device, init_pid)
         if device.serial is not None:
-            services.start_console(lab, device, sshd_pid, join)
+            sshd_pid = child_pids(init_pid)
+            if not sshd_pid:
+                raise LabError(f"sshd of emulated device '{device.name}' vanished after it started")
+            services.start_console(lab, device, sshd_pid[0], join)
             self._wait_for_console(device)
         (lab.dir / device.name / "fingerprint").write_text(self._fingerprint(device))
 

@@ -161,7 +161,10 @@ def start_sshd(lab: LabConfig, device: DeviceConfig, netns: str, join: Callable[
         'exec "$4" -D -f "$5" -E "$6"'
     )
     args = [find_tool("ip"), "netns", "exec", netns,
-            find_tool("unshare"), "--mount", "--uts", "--propagation", "private",
+            # Its own PID namespace too: `ps` on the device shows the device, and a `kill -9 -1`
+            # there cannot reach the host. unshare stays as the parent; sshd is PID 1 inside.
+            find_tool("unshare"), "--mount", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc",
+            "--propagation", "private",
             "/bin/sh", "-c", script, "sh", str(device.resources.disk_bytes), device.name, device.workdir,
             find_tool("sshd"), str(ddir / "sshd_config"), str(ddir / "sshd.log")]
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
@@ -173,12 +176,15 @@ def start_sshd(lab: LabConfig, device: DeviceConfig, netns: str, join: Callable[
 
 
 def start_console(lab: LabConfig, device: DeviceConfig, sshd_pid: int, join: Callable[[int], None] | None) -> int:
-    """A shell on a pty inside the device's namespaces: the serial console, alive when the network is not."""
+    """A shell on a pty inside the device's namespaces: the serial console, alive when the network is not.
+
+    The namespaces are entered through the device's sshd (`sshd_pid`, as the host sees it).
+    """
     ddir = lab.dir / device.name
     link = lab.console_path(device.name)
     link.unlink(missing_ok=True)
     shell = "bash --norc --noprofile -i"
-    args = [find_tool("nsenter"), "-t", str(sshd_pid), "-n", "-m", "-u", f"--wd={device.workdir}",
+    args = [find_tool("nsenter"), "-t", str(sshd_pid), "-n", "-m", "-u", "-p", f"--wd={device.workdir}",
             find_tool("socat"), "-d", f"pty,link={link},raw,echo=0",
             f"exec:{shell},pty,stderr,setsid,sigint,sane,ctty"]
     env = {**device_env(lab, device), "TERM": "vt100", "PS1": f"root@{device.name}:\\w# "}
