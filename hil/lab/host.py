@@ -85,3 +85,14 @@ def child_pids(pid: int) -> list[int]:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
+
+
+def pid_namespace_depth(pid: int) -> tuple[int, ...]:
+    """The pid as each nested PID namespace sees it (NSpid), outermost first; () when gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return tuple(int(p) for p in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return ()

@@ -21,7 +21,7 @@ from hil.config import DeviceConfig, Inventory, LabConfig
 from hil.deadline import Deadline
 from hil.errors import LabError
 from hil.lab import cgroup, network, services
-from hil.lab.host import child_pids, pid_alive, read_pid, require_lab_host
+from hil.lab.host import child_pids, pid_alive, pid_namespace_depth, read_pid, require_lab_host
 from hil.transport.ssh import open_socket
 
 log = logging.getLogger(__name__)
@@ -183,13 +183,24 @@ class EmulatedLab:
         device = ns.removeprefix(f"{self.config.name}-")
         recorded = [read_pid(self.config.dir / device / f) for f in ("init.pid", "console.pid")]
         victims = network.netns_pids(ns) | {p for p in recorded if p and pid_alive(p, device)}
-        for pid in victims:
+        # Leaves first, then the device's PID 1, then what is outside: a process inside the device
+        # whose parent is outside (the console under nsenter) would otherwise be left for the host's
+        # init to reap, and the device's PID 1 cannot finish dying until it is.
+        ids = {pid: pid_namespace_depth(pid) for pid in victims}
+        inside = {p for p, nspid in ids.items() if len(nspid) > 1 and nspid[-1] != 1}
+        device_init = {p for p, nspid in ids.items() if len(nspid) > 1 and nspid[-1] == 1}
+        for group in (inside, device_init, victims - inside - device_init):
+            self._kill_and_wait(group)
+        network.delete_netns(ns)
+
+    @staticmethod
+    def _kill_and_wait(pids: set[int], timeout: float = 2.0) -> None:
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        deadline = Deadline.after(2.0)
-        while any(pid_alive(p) for p in victims) and not deadline.expired:
-            time.sleep(0.01)
-        network.delete_netns(ns)
+        deadline = Deadline.after(timeout)
+        while any(pid_alive(p) for p in pids) and not deadline.expired:
+            time.sleep(0.005)
 
     # -- inspecting -------------------------------------------------------------------------
 
