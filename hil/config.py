@@ -126,10 +126,31 @@ class LabConfig:
 
 
 @dataclass(frozen=True)
+class DeployConfig:
+    """How artifacts are trusted and kept, for every device of this devices.toml."""
+
+    trusted_keys: tuple[Path, ...] = ()
+    keep_versions: int = 3
+    free_space_margin_bytes: int = 8 * 1024 * 1024
+    artifacts: tuple[str, ...] = ()  # globs of artifact directories, relative to devices.toml
+
+
+@dataclass(frozen=True)
 class Inventory:
     path: Path
     lab: LabConfig
     devices: tuple[DeviceConfig, ...]
+    deploy: DeployConfig = field(default_factory=DeployConfig)
+
+    def artifact_dirs(self) -> list[Path]:
+        """The artifact directories named by [deploy] artifacts, in a stable order."""
+        base = self.path.parent
+        found: dict[Path, None] = {}
+        for pattern in self.deploy.artifacts:
+            for match in sorted(base.glob(pattern)):
+                if (match / "manifest.toml").is_file():
+                    found[match] = None
+        return list(found)
 
     @property
     def names(self) -> list[str]:
@@ -337,6 +358,26 @@ def _load_lab(ctx: _Ctx, raw: Any) -> LabConfig:
     return LabConfig(name=name, subnet=subnet, state_dir=state_dir)
 
 
+def _load_deploy(ctx: _Ctx, raw: Any) -> DeployConfig:
+    if raw is None:
+        return DeployConfig()
+    ctx = ctx.at("deploy")
+    if not isinstance(raw, dict):
+        raise ctx.error(None, f"[deploy] must be a table, got {_type_name(raw)}")
+    _check_keys(ctx, raw, {"trusted_keys", "keep_versions", "free_space_margin", "artifacts"})
+    lists: dict[str, list[str]] = {}
+    for key in ("trusted_keys", "artifacts"):
+        value = raw.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ctx.error(key, f"must be an array of strings, got {value!r}")
+        lists[key] = value
+    keys = tuple(p for p in (_file(ctx, {"trusted_keys": v}, "trusted_keys", ctx.path.parent)
+                             for v in lists["trusted_keys"]) if p is not None)
+    margin = _size(ctx, {"free_space_margin": raw.get("free_space_margin", "8MiB")}, "free_space_margin")
+    return DeployConfig(trusted_keys=keys, keep_versions=_int(ctx, raw, "keep_versions", 3, 2, 100),
+                        free_space_margin_bytes=margin, artifacts=tuple(lists["artifacts"]))
+
+
 _DEVICE_KEYS = {"name", "tags", "emulated", "workdir", "python", "ssh", "serial", "cpus", "memory", "disk"}
 _SSH_KEYS = {"host", "port", "user", "key", "password", "known_hosts", "strict_host_key_checking",
              "connect_timeout", "keepalive", "reconnect_timeout", "bind_interface"}
@@ -496,8 +537,9 @@ def load_inventory(path: Path | str) -> Inventory:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits, arrays nested too deep
         raise ConfigError(f"{path}: not valid TOML: {type(exc).__name__}: {str(exc)[:200]}") from None
-    _check_keys(ctx, data, {"lab", "devices"})
+    _check_keys(ctx, data, {"lab", "devices", "deploy"})
     lab = _load_lab(ctx, data.get("lab"))
+    deploy = _load_deploy(ctx, data.get("deploy"))
     raw_devices = data.get("devices", [])
     if not isinstance(raw_devices, list):
         raise ctx.error("devices", "must be an array of tables ([[devices]])")
@@ -509,4 +551,4 @@ def load_inventory(path: Path | str) -> Inventory:
             raise _Ctx(path, device.name).error("name", "is used by two devices; names must be unique")
         emulated_count += device.emulated
         devices.append(device)
-    return Inventory(path=path, lab=lab, devices=tuple(devices))
+    return Inventory(path=path, lab=lab, devices=tuple(devices), deploy=deploy)

@@ -66,3 +66,15 @@ class CommandFailed(HilError):
         self.exit_status = exit_status
         self.stdout = stdout
         self.stderr = stderr
+
+
+class ArtifactRejected(ProductFailure):
+    """An artifact failed an integrity check (signature, hash, size, manifest); nothing was activated."""
+
+
+class RuntimeIncompatible(ProductFailure):
+    """The device's runtime cannot run the artifact (onnxruntime too old, execution provider missing)."""
+
+
+class DeployError(InfraError):
+    """A deploy could not complete for a reason of the device or the path to it (space, transfer)."""

@@ -72,3 +72,46 @@ def device_b(lab: EmulatedLab) -> Iterator[Device]:
     device = Device(lab.inventory.get("emu-b"))
     yield device
     device.close()
+
+
+# -- artifacts ---------------------------------------------------------------------------------
+
+DEMO_KEY = Path(__file__).resolve().parents[1] / "fixtures" / "keys" / "demo-ed25519.pem"
+
+
+def make_model(path: Path, padding_floats: int = 0, bias: float = 1.0) -> None:
+    """A real ONNX model: y = x + bias (float32 [batch, 4]); `padding_floats` adds a large unused-free
+    initializer so the file has the size a transfer test needs."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    inits = [numpy_helper.from_array(np.full([4], bias, dtype=np.float32), "bias")]
+    nodes = [helper.make_node("Add", ["x", "bias"], ["y"])]
+    if padding_floats:
+        rng = np.random.default_rng(7)
+        inits.append(numpy_helper.from_array(rng.random(padding_floats, dtype=np.float32), "padding"))
+        z = helper.make_tensor_value_info("padding_sum", TensorProto.FLOAT, [])
+        nodes.append(helper.make_node("ReduceSum", ["padding"], ["padding_sum"], keepdims=0))
+        outputs = [y, z]
+    else:
+        outputs = [y]
+    graph = helper.make_graph(nodes, "hil_test", [x], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def make_artifact(directory: Path, name: str = "tiny", version: str = "1.0.0", *, padding_floats: int = 0,
+                  bias: float = 1.0, sign_with: Path | None = DEMO_KEY) -> Path:
+    """A signed artifact directory (model.onnx + manifest.toml) made from scratch."""
+    from hil.artifacts import init_manifest, load_private_key, sign
+
+    make_model(directory / "model.onnx", padding_floats, bias)
+    init_manifest(directory, name, version)
+    if sign_with is not None:
+        sign(directory, load_private_key(sign_with))
+    return directory

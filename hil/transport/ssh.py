@@ -353,6 +353,39 @@ class SshTransport:
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise TransportError(f"device '{self.device}': upload {local} -> {remote} failed: {exc}") from None
 
+    def remote_size(self, remote: str) -> int | None:
+        """Size of a file on the device, or None when it does not exist."""
+        try:
+            return self._sftp_client().stat(remote).st_size
+        except FileNotFoundError:
+            return None
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise TransportError(f"device '{self.device}': stat {remote} failed: {exc}") from None
+
+    def append_from(self, local: Path, remote: str, offset: int, *, progress: ProgressCallback | None = None,
+                    chunk: int = 1 << 20) -> int:
+        """Send local[offset:] to the end of `remote` (which holds exactly `offset` bytes); returns bytes sent.
+
+        The basis of resumable uploads: after a broken connection, the caller reconnects, asks
+        remote_size() and continues from there instead of starting over.
+        """
+        total = local.stat().st_size
+        sent = 0
+        try:
+            with local.open("rb") as src, self._sftp_client().open(remote, "ab") as dst:
+                dst.set_pipelined(True)
+                src.seek(offset)
+                while data := src.read(chunk):
+                    dst.write(data)
+                    sent += len(data)
+                    if progress is not None:
+                        progress(offset + sent, total)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self.close()  # the session is suspect: the next call reconnects
+            raise TransportError(f"device '{self.device}': upload {local} -> {remote} broke after "
+                                 f"{offset + sent} of {total} bytes: {exc}") from None
+        return sent
+
     def get(self, remote: str, local: Path, *, progress: ProgressCallback | None = None) -> None:
         try:
             self._sftp_client().get(remote, str(local), callback=progress)
