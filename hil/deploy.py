@@ -56,6 +56,20 @@ class DeployResult:
 
 
 @dataclass(frozen=True)
+class DeployedModel:
+    """An artifact active on a device: what the `deployed_model` fixture gives a test."""
+
+    device: Device
+    artifact: Artifact
+    result: DeployResult
+
+    @property
+    def path(self) -> str:
+        """The active model file on the device."""
+        return self.result.model_path
+
+
+@dataclass(frozen=True)
 class DeployRecord:
     action: str  # "deploy" or "rollback"
     name: str

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from hil.artifacts import Artifact, load_artifact
 from hil.config import Inventory, load_inventory
+from hil.deploy import DeployedModel, deploy, trusted_keys
 from hil.device import Device
-from hil.errors import ConfigError, DeviceUnhealthy, HilError, InfraError
+from hil.errors import ConfigError, DeviceUnhealthy, HilError, InfraError, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run only on this device (repeatable); default: every device in devices.toml")
     group.addoption("--hil-no-lab", action="store_true", default=False,
                     help="do not bring the emulated lab up automatically")
+    group.addoption("--hil-artifact", metavar="DIR", action="append", default=[],
+                    help="artifact directory for `artifact`/`deployed_model` (repeatable); "
+                         "default: [deploy] artifacts of devices.toml")
+    group.addoption("--hil-allow-cpu-fallback", action="store_true", default=False,
+                    help="deploy even when a model's execution providers are missing, running it on CPU")
 
 
 @dataclass
@@ -144,7 +151,18 @@ def _session(config: pytest.Config) -> HilSession:
     return config.stash[_SESSION_KEY]
 
 
+def _artifact_dirs(config: pytest.Config) -> list[Path]:
+    given = config.getoption("--hil-artifact")
+    if given:
+        return [Path(d) for d in given]
+    inventory = _session(config).inventory
+    return inventory.artifact_dirs() if inventory is not None else []
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "artifact" in metafunc.fixturenames:
+        dirs = _artifact_dirs(metafunc.config)
+        metafunc.parametrize("artifact", [pytest.param(d, id=d.name) for d in dirs], indirect=True)
     if "device" not in metafunc.fixturenames:
         return
     session = _session(metafunc.config)
@@ -172,6 +190,34 @@ def device(request: pytest.FixtureRequest) -> Device:
     return dev
 
 
+@pytest.fixture
+def artifact(request: pytest.FixtureRequest) -> Artifact:
+    """A signed model artifact, verified on the host; tests run once per artifact."""
+    if not hasattr(request, "param"):
+        raise pytest.UsageError("no artifacts: set [deploy] artifacts in devices.toml or pass --hil-artifact DIR")
+    loaded = load_artifact(request.param)
+    request.node.user_properties += [("hil.artifact", loaded.manifest.name),
+                                     ("hil.artifact.version", loaded.manifest.version),
+                                     ("hil.artifact.sha256", loaded.manifest.sha256)]
+    return loaded
+
+
+@pytest.fixture
+def deployed_model(request: pytest.FixtureRequest, device: Device, artifact: Artifact) -> DeployedModel:
+    """`artifact` deployed and active on `device` (a no-op when it already is)."""
+    inventory = _session(request.config).inventory
+    assert inventory is not None
+    result = deploy(device, artifact, trusted_keys(inventory.deploy), keep=inventory.deploy.keep_versions,
+                    margin_bytes=inventory.deploy.free_space_margin_bytes,
+                    allow_provider_fallback=request.config.getoption("--hil-allow-cpu-fallback"))
+    if result.fallback:
+        log.warning("%s", result.fallback)
+    request.node.user_properties += [(f"hil.deploy.{k}", v) for k, v in result.summary().items()
+                                     if k in ("model_path", "already_active", "transferred_bytes", "providers",
+                                              "fallback", "seconds")]
+    return DeployedModel(device, artifact, result)
+
+
 @pytest.fixture(scope="session")
 def hil_inventory(request: pytest.FixtureRequest) -> Inventory:
     """The parsed devices.toml of this run."""
@@ -194,7 +240,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         item.user_properties.append(label)
         report.user_properties.append(label)
         name = dict(item.user_properties).get("hil.device")
-        if name and call.when == "call":
+        # A broken connection takes the device out whatever the phase; other infrastructure errors
+        # (a full disk for one big model, say) only when they strike the test itself.
+        if name and (call.when == "call" or call.excinfo.errisinstance(TransportError)):
             _session(item.config).mark_broken(str(name), str(call.excinfo.value))
     return report
 

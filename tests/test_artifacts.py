@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.synthetic import DEMO_SIGNING_KEY as DEMO_KEY
+from fixtures.synthetic import make_artifact
 from hil.artifacts import (
     generate_key_pair,
     load_artifact,
@@ -16,7 +18,6 @@ from hil.artifacts import (
     verify,
 )
 from hil.errors import ArtifactRejected
-from tests.conftest import DEMO_KEY, make_artifact
 
 DEMO_PUB = DEMO_KEY.with_suffix(".pub")
 

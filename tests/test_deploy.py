@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.synthetic import DEMO_SIGNING_KEY as DEMO_KEY
+from fixtures.synthetic import make_artifact
 from hil.artifacts import load_artifact, load_public_key
 from hil.deploy import deploy, rollback, status
 from hil.device import Device
 from hil.errors import ArtifactRejected, DeployError, RuntimeIncompatible, TransportError
 from hil.lab import EmulatedLab
-from tests.conftest import DEMO_KEY, make_artifact
 
 TRUSTED = [load_public_key(DEMO_KEY.with_suffix(".pub"))]
 pytestmark = pytest.mark.usefixtures("lab")
