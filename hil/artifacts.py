@@ -104,7 +104,19 @@ def _tensor_table(t: TensorSpec) -> dict[str, Any]:
     return {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}
 
 
+# (device, inode, size, mtime_ns) -> sha256: a file that has not changed is not hashed twice in one process.
+_HASHED: dict[tuple[int, int, int, int], str] = {}
+
+
 def sha256_file(path: Path) -> str:
+    st = path.stat()
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _HASHED:
+        _HASHED[key] = _hash(path)
+    return _HASHED[key]
+
+
+def _hash(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):

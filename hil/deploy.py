@@ -48,6 +48,7 @@ class DeployResult:
     resumed_from: int  # bytes that were already on the device when this deploy started uploading
     attempts: int
     seconds: float
+    upload_seconds: float  # the transfer alone (0 when nothing was sent)
     providers: tuple[str, ...]  # the execution providers the model should run with there, in order
     fallback: str | None  # set when a preferred provider is missing and a fallback was taken
 
@@ -256,10 +257,10 @@ def deploy(device: Device, artifact: Artifact, trusted: list[Ed25519PublicKey], 
     version_dir = _version_dir(artifact)
     active_model = f"{remote.base}/current/{MODEL}"
 
-    def result(already: bool, sent: int = 0, resumed: int = 0, attempts: int = 0,
+    def result(already: bool, sent: int = 0, resumed: int = 0, attempts: int = 0, upload: float = 0.0,
                providers: tuple[str, ...] = (), fallback: str | None = None) -> DeployResult:
         return DeployResult(device.name, manifest.name, manifest.version, manifest.sha256, active_model, already,
-                            sent, resumed, attempts, time.monotonic() - started, providers, fallback)
+                            sent, resumed, attempts, time.monotonic() - started, upload, providers, fallback)
 
     if remote.sha256("current", MODEL) == manifest.sha256:
         providers, fallback = _choose_providers(device, artifact, allow_provider_fallback)
@@ -274,9 +275,12 @@ def deploy(device: Device, artifact: Artifact, trusted: list[Ed25519PublicKey], 
     providers, fallback = preflight(device, artifact, remote, needed, margin_bytes, allow_provider_fallback)
 
     sent = resumed = attempts = 0
+    upload_seconds = 0.0
     if not kept:
         for _ in range(2):  # a staged file that fails its hash is thrown away and sent once more
+            upload_started = time.monotonic()
             sent_now, found, tries = _upload(device, artifact, staged, deadline, progress)
+            upload_seconds += time.monotonic() - upload_started
             sent += sent_now
             attempts += tries
             resumed = max(resumed, found)
@@ -299,7 +303,7 @@ def deploy(device: Device, artifact: Artifact, trusted: list[Ed25519PublicKey], 
                                         previous, datetime.now(UTC).isoformat(timespec="seconds"), _who()))
     _prune(remote, keep)
     log.info("%s: %s active (%d bytes sent)", device.name, artifact.label, sent)
-    return result(False, sent, resumed, attempts, providers, fallback)
+    return result(False, sent, resumed, attempts, upload_seconds, providers, fallback)
 
 
 def rollback(device: Device, name: str) -> DeployRecord:
