@@ -315,7 +315,7 @@ def min_onnxruntime_for(opset: int) -> str:
 def describe_model(model: Path) -> tuple[int, tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     """(default-domain opset, inputs, outputs) of an ONNX model, read with the onnx package."""
     import onnx
-    from onnx import TensorProto
+    from onnx import helper
 
     proto = onnx.load(str(model), load_external_data=False)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -323,7 +323,7 @@ def describe_model(model: Path) -> tuple[int, tuple[TensorSpec, ...], tuple[Tens
     def spec(value: Any) -> TensorSpec:
         tensor = value.type.tensor_type
         dims = tuple(d.dim_param or d.dim_value for d in tensor.shape.dim)
-        return TensorSpec(value.name, TensorProto.DataType.Name(tensor.elem_type).lower(), dims)
+        return TensorSpec(value.name, helper.tensor_dtype_to_np_dtype(tensor.elem_type).name, dims)  # "float32"
 
     initializers = {i.name for i in proto.graph.initializer}
     inputs = tuple(spec(v) for v in proto.graph.input if v.name not in initializers)

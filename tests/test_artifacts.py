@@ -33,7 +33,7 @@ def test_signed_artifact_verifies(artifact_dir: Path) -> None:
     manifest = artifact.manifest
     assert (manifest.name, manifest.version, manifest.opset) == ("tiny", "1.0.0", 17)
     assert manifest.inputs[0].name == "x" and manifest.inputs[0].shape == ("batch", 4)
-    assert manifest.inputs[0].dtype == "float"
+    assert manifest.inputs[0].dtype == "float32"
 
 
 def test_manifest_round_trips_through_toml(artifact_dir: Path) -> None:

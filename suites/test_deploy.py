@@ -1,0 +1,92 @@
+"""Deploy suite: every demo artifact on every device; redeploy, rollback and tampering."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hil.artifacts import Artifact, init_manifest, load_artifact, load_private_key, sign
+from hil.config import Inventory
+from hil.deploy import DeployedModel, deploy, rollback, trusted_keys
+from hil.errors import ArtifactRejected
+
+DEMO_KEY = Path(__file__).resolve().parents[1] / "fixtures" / "keys" / "demo-ed25519.pem"
+
+
+def _session_io(deployed: DeployedModel) -> tuple[list[str], list[str]]:
+    """Load the active model with onnxruntime on the device; its input and output names."""
+    code = ("import onnxruntime as ort, sys; s = ort.InferenceSession(sys.argv[1], providers=sys.argv[2].split(',')); "
+            "print(','.join(i.name for i in s.get_inputs())); print(','.join(o.name for o in s.get_outputs()))")
+    device = deployed.device
+    result = device.run(f"{shlex.quote(device.config.python)} -c {shlex.quote(code)} {shlex.quote(deployed.path)} "
+                        f"{','.join(deployed.result.providers)}", timeout=60, check=True)
+    inputs, outputs = result.stdout.split()
+    return inputs.split(","), outputs.split(",")
+
+
+def test_deployed_model_loads_on_the_device(deployed_model: DeployedModel) -> None:
+    manifest = deployed_model.artifact.manifest
+    inputs, outputs = _session_io(deployed_model)
+    assert inputs == [t.name for t in manifest.inputs]
+    assert outputs == [t.name for t in manifest.outputs]
+    sha = deployed_model.device.run(f"sha256sum {shlex.quote(deployed_model.path)}", check=True).stdout.split()[0]
+    assert sha == manifest.sha256
+
+
+def test_redeploy_sends_nothing(deployed_model: DeployedModel, hil_inventory: Inventory) -> None:
+    again = deploy(deployed_model.device, deployed_model.artifact, trusted_keys(hil_inventory.deploy))
+    assert again.already_active and again.transferred_bytes == 0
+
+
+def _variant(artifact: Artifact, directory: Path, version: str) -> Artifact:
+    """The same model as another release: new bytes (a metadata note), new version, signed with the demo key."""
+    import onnx
+
+    shutil.copytree(artifact.directory, directory)
+    model = onnx.load(str(directory / "model.onnx"))
+    onnx.helper.set_model_props(model, {"hil.release": version})
+    onnx.save(model, str(directory / "model.onnx"))
+    manifest = artifact.manifest
+    init_manifest(directory, manifest.name, version, manifest.providers, manifest.budgets)
+    sign(directory, load_private_key(DEMO_KEY))
+    return load_artifact(directory)
+
+
+def test_rollback_restores_the_previous_version(deployed_model: DeployedModel, tmp_path: Path,
+                                                hil_inventory: Inventory) -> None:
+    device, original = deployed_model.device, deployed_model.artifact
+    keys = trusted_keys(hil_inventory.deploy)
+    newer = _variant(original, tmp_path / "newer", f"{original.manifest.version}-next")
+    try:
+        assert deploy(device, newer, keys).sha256 == newer.manifest.sha256
+        record = rollback(device, original.manifest.name)
+        assert record.sha256 == original.manifest.sha256
+        assert _session_io(deployed_model)[0] == [t.name for t in original.manifest.inputs]  # it still runs
+    finally:
+        deploy(device, original, keys)  # leave the device as the other tests expect it
+
+
+def test_tampered_artifact_is_rejected_and_nothing_changes(deployed_model: DeployedModel, tmp_path: Path,
+                                                           hil_inventory: Inventory) -> None:
+    device, artifact = deployed_model.device, deployed_model.artifact
+    copy = tmp_path / "tampered"
+    shutil.copytree(artifact.directory, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ArtifactRejected, match="changed after signing"):
+        deploy(device, load_artifact(copy), trusted_keys(hil_inventory.deploy))
+    active = device.run(f"sha256sum {shlex.quote(deployed_model.path)}", check=True).stdout.split()[0]
+    assert active == artifact.manifest.sha256
+
+
+def test_device_reports_what_is_deployed(deployed_model: DeployedModel) -> None:
+    from hil.deploy import status
+
+    models = {m.name: m for m in status(deployed_model.device)}
+    mine = models[deployed_model.artifact.manifest.name]
+    assert mine.active is not None and mine.active.endswith(deployed_model.artifact.manifest.sha256[:12])
+    assert mine.last is not None and mine.last.by
