@@ -199,6 +199,7 @@ def _upload(device: Device, artifact: Artifact, staged: str, deadline: Deadline,
         attempts += 1
         have = reached[0] = 0
         try:
+            device.ssh.connect(within=deadline.remaining())
             have = device.ssh.remote_size(staged) or 0
             if have > size:  # not ours or damaged: start over
                 device.run(f"rm -f {shlex.quote(staged)}", timeout=30, check=True)

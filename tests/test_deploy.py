@@ -141,3 +141,28 @@ def test_interrupted_upload_resumes_where_it_broke(lab: EmulatedLab, clean: Devi
     assert min(o for o in offsets[offsets.index(broke_at[0]) + 1:]) > size // 4
     assert clean.run(f"sha256sum {result.model_path}", timeout=30).stdout.split()[0] == artifact.manifest.sha256
     assert clean.ssh.connects >= 2
+
+
+def test_upload_that_never_completes_leaves_the_old_version(lab: EmulatedLab, clean: Device, tmp_path: Path) -> None:
+    good = deploy(clean, load_artifact(make_artifact(tmp_path / "v1", bias=1.0)), TRUSTED)
+    newer = load_artifact(make_artifact(tmp_path / "v2", version="2.0.0", bias=2.0, padding_floats=2**20))
+
+    def cut(done: int, total: int) -> None:
+        if done >= total // 4:
+            _reset_ssh(lab, "emu-a", on=True)
+
+    try:
+        with pytest.raises(DeployError, match="did not complete within"):
+            deploy(clean, newer, TRUSTED, progress=cut, timeout=3)
+    finally:
+        _reset_ssh(lab, "emu-a", on=False)
+    assert _infer(clean, good.model_path) == 1.0
+
+
+def test_a_corrupt_staged_copy_is_replaced(clean: Device, tmp_path: Path) -> None:
+    artifact = load_artifact(make_artifact(tmp_path / "v1", bias=3.0))
+    staging = f"{clean.workdir}/models/tiny/staging"
+    clean.run(f"mkdir -p {staging} && head -c {artifact.manifest.size} /dev/urandom > "
+              f"{staging}/{artifact.manifest.sha256}.part", timeout=30, check=True)
+    result = deploy(clean, artifact, TRUSTED)
+    assert result.transferred_bytes == artifact.manifest.size and _infer(clean, result.model_path) == 3.0

@@ -173,8 +173,11 @@ class SshTransport:
         transport = self._client.get_transport() if self._client else None
         return bool(transport and transport.is_active() and self._commands and self._commands.alive)
 
-    def connect(self) -> None:
-        """Open the session now (it is also opened on first use, and reopened after a drop)."""
+    def connect(self, within: float | None = None) -> None:
+        """Open the session now (it is also opened on first use, and reopened after a drop).
+
+        After a drop, reconnecting is retried for `reconnect_timeout`, or `within` seconds if less.
+        """
         with self._lock:
             if self._alive():
                 return
@@ -183,7 +186,8 @@ class SshTransport:
                 self._open()  # first contact: fail fast, a dead device must not stall the run
                 return
             # It worked before: the device may be rebooting or the link flapping; retry a while.
-            deadline = Deadline.after(self.config.reconnect_timeout)
+            window = self.config.reconnect_timeout if within is None else min(within, self.config.reconnect_timeout)
+            deadline = Deadline.after(window)
             delay = 0.1
             while True:
                 try:
@@ -194,8 +198,7 @@ class SshTransport:
                     raise
                 except ConnectError as exc:
                     if deadline.expired:
-                        raise ConnectError(f"{exc} (gave up reconnecting after "
-                                           f"{self.config.reconnect_timeout:g} s)") from None
+                        raise ConnectError(f"{exc} (gave up reconnecting after {window:g} s)") from None
                     deadline.sleep(delay)
                     delay = min(delay * 2, 2.0)
 
@@ -294,10 +297,10 @@ class SshTransport:
 
     # -- commands ---------------------------------------------------------------------------
 
-    def _channel(self) -> _CommandChannel:
+    def _channel(self, within: float | None = None) -> _CommandChannel:
         with self._lock:
             if not self._alive():
-                self.connect()
+                self.connect(within)
             assert self._commands is not None
             return self._commands
 
@@ -311,7 +314,7 @@ class SshTransport:
         stdin: bytes | None = None,
     ) -> Result:
         started = time.monotonic()
-        commands = self._channel()
+        commands = self._channel(within=timeout)
         request = {"op": "run", "cmd": command, "env": dict(env or {}), "cwd": cwd, "timeout": timeout,
                    "stdin": base64.b64encode(stdin).decode() if stdin is not None else None}
         try:
