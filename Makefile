@@ -35,6 +35,7 @@ lab-status: setup
 bench: setup
 	$(BIN)/python benchmarks/roundtrip.py --devices $(DEVICES)
 	$(BIN)/python benchmarks/lab_speed.py
+	$(BIN)/python benchmarks/deploy_speed.py --devices $(DEVICES)
 
 clean:
 	rm -rf reports .venv *.egg-info

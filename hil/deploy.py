@@ -27,7 +27,7 @@ from hil.artifacts import MANIFEST, MODEL, Artifact, load_public_key, parse_mani
 from hil.config import DeployConfig
 from hil.deadline import Deadline
 from hil.device import Device
-from hil.errors import ArtifactRejected, DeployError, RuntimeIncompatible, TransportError
+from hil.errors import ArtifactRejected, DeployError, RollbackUnavailable, RuntimeIncompatible, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -312,15 +312,17 @@ def rollback(device: Device, name: str) -> DeployRecord:
     remote = _Remote(device, name)
     current = remote.current()
     if current is None:
-        raise DeployError(f"device '{device.name}': model '{name}' is not deployed; nothing to roll back")
+        raise RollbackUnavailable(f"device '{device.name}': model '{name}' is not deployed; nothing to roll back")
     records = remote.records()
     activation = next((r for r in reversed(records) if r.activated == current), None)
     target = activation.previous if activation else None
     if target is None:
-        raise DeployError(f"device '{device.name}': model '{name}' has no earlier version to roll back to")
+        raise RollbackUnavailable(f"device '{device.name}': model '{name}' has no earlier version to roll back to "
+                                  "(rollback walks back through the versions that were active before)")
     manifest_text = remote.sh(f"cat {remote.q('versions', target, MANIFEST)} 2>/dev/null || true")
     if not manifest_text:
-        raise DeployError(f"device '{device.name}': the previous version {target} of '{name}' is no longer kept")
+        raise RollbackUnavailable(f"device '{device.name}': the previous version {target} of '{name}' is no longer "
+                                  "kept (see [deploy] keep_versions)")
     manifest = parse_manifest(manifest_text, Path(f"{device.name}:{remote.base}/versions/{target}/{MANIFEST}"))
     if remote.sha256("versions", target, MODEL) != manifest.sha256:
         raise ArtifactRejected(f"device '{device.name}': kept version {target} of '{name}' fails its sha256; "

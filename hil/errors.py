@@ -78,3 +78,7 @@ class RuntimeIncompatible(ProductFailure):
 
 class DeployError(InfraError):
     """A deploy could not complete for a reason of the device or the path to it (space, transfer)."""
+
+
+class RollbackUnavailable(HilError):
+    """There is no earlier version of the model on the device to go back to."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -166,3 +168,40 @@ def test_a_corrupt_staged_copy_is_replaced(clean: Device, tmp_path: Path) -> Non
               f"{staging}/{artifact.manifest.sha256}.part", timeout=30, check=True)
     result = deploy(clean, artifact, TRUSTED)
     assert result.transferred_bytes == artifact.manifest.size and _infer(clean, result.model_path) == 3.0
+
+
+def test_rollback_without_history_says_so(clean: Device, tmp_path: Path) -> None:
+    from hil.errors import RollbackUnavailable
+
+    with pytest.raises(RollbackUnavailable, match="not deployed"):
+        rollback(clean, "tiny")
+    deploy(clean, load_artifact(make_artifact(tmp_path / "v1")), TRUSTED)
+    with pytest.raises(RollbackUnavailable, match="no earlier version"):
+        rollback(clean, "tiny")
+
+
+def test_cli_deploy_status_rollback(lab: EmulatedLab, clean: Device, tmp_path: Path) -> None:
+    hil = [sys.executable, "-m", "hil.cli", "--devices", str(lab.inventory.path)]
+    # The test lab's devices.toml trusts no key: verify with the demo key explicitly.
+    v1 = make_artifact(tmp_path / "v1", bias=1.0)
+    ok = subprocess.run([*hil, "artifact", "verify", str(v1), "--key", str(DEMO_KEY.with_suffix(".pub"))],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    refused = subprocess.run([*hil, "deploy", "emu-a", str(v1)], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "no trusted keys" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    # With the demo key trusted: deploy, status, rollback from the shell.
+    devices = tmp_path / "devices.toml"
+    trust = f'\n[deploy]\ntrusted_keys = ["{DEMO_KEY.with_suffix(".pub")}"]\n'
+    devices.write_text(lab.inventory.path.read_text() + trust)
+    hil = [sys.executable, "-m", "hil.cli", "--devices", str(devices)]
+    v2 = make_artifact(tmp_path / "v2", version="2.0.0", bias=2.0)
+    for artifact in (v1, v2):
+        out = subprocess.run([*hil, "deploy", "emu-a", str(artifact)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "activated" in out.stdout, out.stderr
+    status_out = subprocess.run([*hil, "status", "emu-a", "--json"], capture_output=True, text=True, timeout=60)
+    [model] = json.loads(status_out.stdout)
+    assert model["active"].startswith("2.0.0-") and len(model["versions"]) == 2
+    back = subprocess.run([*hil, "rollback", "emu-a", "tiny"], capture_output=True, text=True, timeout=60)
+    assert back.returncode == 0 and "rolled back to 1.0.0" in back.stdout
+    assert _infer(clean, f"{clean.workdir}/models/tiny/current/model.onnx") == 1.0
