@@ -14,11 +14,13 @@ from typing import Any
 from hil.errors import ConfigError
 
 DEFAULT_STATE_DIR = Path("/run/hil")
+DEFAULT_WORKDIR = "/var/lib/hil"
+DEFAULT_SSH_CONFIG = Path("~/.ssh/config").expanduser()
 EMULATED_HOST_OFFSET = 10  # emulated devices get subnet addresses .10, .11, ...
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _TAG = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_WORKDIR = re.compile(r"(/[A-Za-z0-9._-]+)+")
+_WORKDIR = re.compile(r"~?(/[A-Za-z0-9._-]+)+")
 _SYSTEM_DIRS = {"/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/mnt", "/opt", "/proc", "/root",
                 "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/bin", "/usr/lib", "/usr/local", "/var",
                 "/var/lib", "/var/log", "/var/tmp"}
@@ -46,9 +48,9 @@ class Secret:
 
 @dataclass(frozen=True)
 class SshConfig:
-    host: str
-    port: int = 22
-    user: str = "root"
+    host: str  # an address, a DNS name, or a Host alias of the ssh_config file
+    port: int | None = None  # None: from ssh_config, else 22
+    user: str | None = None  # None: from ssh_config, else root
     key: Path | None = None
     password: Secret | None = None
     known_hosts: Path | None = None
@@ -59,6 +61,18 @@ class SshConfig:
     reconnect_timeout: float = 15.0
     # Reach the device only through this host interface (SO_BINDTODEVICE), never any other route.
     bind_interface: str | None = None
+    # The OpenSSH client config to honour (Host aliases, HostName, Port, User, IdentityFile, ProxyJump).
+    config_file: Path | None = None
+    # Jump host(s) like ProxyJump: "[user@]host[:port]" or an ssh_config alias, comma-separated.
+    jump: str | None = None
+
+
+@dataclass(frozen=True)
+class BecomeConfig:
+    """How hil becomes root on the device for the operations that need it."""
+
+    method: str = "sudo"  # "sudo" or "none"
+    password: Secret | None = None
 
 
 @dataclass(frozen=True)
@@ -86,10 +100,13 @@ class DeviceConfig:
     tags: tuple[str, ...]
     ssh: SshConfig
     serial: SerialConfig | None
-    workdir: str
+    workdir: str | None  # None: /var/lib/hil for root, ~/hil for another user; "~/x" is under the login's home
     emulated: bool = False
     resources: Resources | None = None
     python: str = "python3"
+    become: BecomeConfig = field(default_factory=BecomeConfig)
+    reboot_command: str = "reboot"
+    reboot_timeout: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +137,11 @@ class LabConfig:
     @property
     def known_hosts(self) -> Path:
         return self.dir / "known_hosts"
+
+    @property
+    def reboot_command(self) -> str:
+        """What `reboot` means on an emulated device: restart its processes, never the host."""
+        return str(self.dir / "bin" / "hil-reboot")
 
     def console_path(self, device: str) -> Path:
         return self.dir / device / "console"
@@ -378,9 +400,11 @@ def _load_deploy(ctx: _Ctx, raw: Any) -> DeployConfig:
                         free_space_margin_bytes=margin, artifacts=tuple(lists["artifacts"]))
 
 
-_DEVICE_KEYS = {"name", "tags", "emulated", "workdir", "python", "ssh", "serial", "cpus", "memory", "disk"}
+_DEVICE_KEYS = {"name", "tags", "emulated", "workdir", "python", "ssh", "serial", "cpus", "memory", "disk",
+                "become", "reboot_command", "reboot_timeout"}
 _SSH_KEYS = {"host", "port", "user", "key", "password", "known_hosts", "strict_host_key_checking",
-             "connect_timeout", "keepalive", "reconnect_timeout", "bind_interface"}
+             "connect_timeout", "keepalive", "reconnect_timeout", "bind_interface", "config_file", "jump"}
+_BECOME_KEYS = {"method", "password"}
 _EMULATED_SSH_KEYS = {"connect_timeout", "keepalive", "reconnect_timeout"}
 _SERIAL_KEYS = {"port", "baud", "login", "password", "prompt", "timeout"}
 
@@ -400,12 +424,15 @@ def _load_ssh(ctx: _Ctx, raw: dict[str, Any], base: Path, emulated_host: str | N
             if key not in _EMULATED_SSH_KEYS:
                 raise ctx.error(key, f"is set by the emulated lab; only {allowed} may be given for an emulated device")
         # Bound to the lab bridge: if the lab is down, traffic fails here instead of taking the default route.
-        return SshConfig(host=emulated_host, user="root", key=lab.client_key, known_hosts=lab.known_hosts,
+        return SshConfig(host=emulated_host, port=22, user="root", key=lab.client_key, known_hosts=lab.known_hosts,
                          bind_interface=lab.bridge, **timeouts)
     _check_keys(ctx, raw, _SSH_KEYS, {"host"})
     strict = _bool(ctx, raw, "strict_host_key_checking", True)
     known_hosts = _file(ctx, raw, "known_hosts", base)
-    if known_hosts is None and strict:
+    config_file = _file(ctx, raw, "config_file", base)
+    if config_file is None and "config_file" not in raw and DEFAULT_SSH_CONFIG.is_file():
+        config_file = DEFAULT_SSH_CONFIG  # honour the user's ssh config, as `ssh` does
+    if known_hosts is None and strict and config_file is None:
         default = Path("~/.ssh/known_hosts").expanduser()
         if not default.is_file():
             raise ctx.error("known_hosts", f"is not set and {default} does not exist: pin the device's host key "
@@ -413,15 +440,26 @@ def _load_ssh(ctx: _Ctx, raw: dict[str, Any], base: Path, emulated_host: str | N
         known_hosts = default
     return SshConfig(
         host=_str(ctx, raw, "host") or "",
-        port=_int(ctx, raw, "port", 22, 1, 65535),
-        user=_str(ctx, raw, "user", "root") or "root",
+        port=_int(ctx, raw, "port", 22, 1, 65535) if "port" in raw else None,
+        user=_str(ctx, raw, "user"),
         key=_file(ctx, raw, "key", base),
         password=_secret(ctx, raw, "password"),
         known_hosts=known_hosts,
         strict_host_key_checking=strict,
         bind_interface=_str(ctx, raw, "bind_interface"),
+        config_file=config_file,
+        jump=_str(ctx, raw, "jump"),
         **timeouts,
     )
+
+
+def _load_become(ctx: _Ctx, raw: dict[str, Any]) -> BecomeConfig:
+    ctx = ctx.at("become")
+    _check_keys(ctx, raw, _BECOME_KEYS)
+    method = _str(ctx, raw, "method", "sudo") or "sudo"
+    if method not in ("sudo", "none"):
+        raise ctx.error("method", f'must be "sudo" or "none", got {method!r}')
+    return BecomeConfig(method=method, password=_secret(ctx, raw, "password"))
 
 
 def _load_serial(ctx: _Ctx, raw: dict[str, Any], base: Path, emulated_port: Path | None) -> SerialConfig:
@@ -503,10 +541,15 @@ def _load_device(ctx: _Ctx, raw: Any, index: int, emulated_index: int, lab: LabC
     elif not emulated and serial_raw is not None:
         serial = _load_serial(ctx, _table(ctx, raw, "serial") or {}, base, None)
 
-    workdir = (_str(ctx, raw, "workdir", "/var/lib/hil") or "").rstrip("/")
-    if (not _WORKDIR.fullmatch(workdir) or ".." in workdir.split("/") or workdir in _SYSTEM_DIRS):
-        raise ctx.error("workdir", f"must be an absolute path of a directory hil owns (letters, digits, '._-/'; "
-                                   f"not a system directory), got {workdir or '/'!r}")
+    workdir = _str(ctx, raw, "workdir", DEFAULT_WORKDIR if emulated else None)
+    if workdir is not None:
+        workdir = workdir.rstrip("/")
+        if (not _WORKDIR.fullmatch(workdir) or ".." in workdir.split("/") or workdir in _SYSTEM_DIRS
+                or (emulated and workdir.startswith("~"))):
+            raise ctx.error("workdir", "must be an absolute path (or ~/path on a real device) of a directory "
+                                       "hil owns (letters, digits, '._-/'; not a system directory), "
+                                       f"got {workdir or '/'!r}")
+    reboot_default = lab.reboot_command if emulated else "reboot"
     return DeviceConfig(
         name=name,
         tags=tags,
@@ -516,6 +559,9 @@ def _load_device(ctx: _Ctx, raw: Any, index: int, emulated_index: int, lab: LabC
         emulated=emulated,
         resources=resources,
         python=_str(ctx, raw, "python", "python3") or "python3",
+        become=_load_become(ctx, _table(ctx, raw, "become") or {}),
+        reboot_command=_str(ctx, raw, "reboot_command", reboot_default) or reboot_default,
+        reboot_timeout=_number(ctx, raw, "reboot_timeout", 300.0),
     )
 
 

@@ -24,10 +24,19 @@ from typing import Any
 
 import paramiko
 
-from hil.config import SshConfig
+from hil.config import Secret, SshConfig
 from hil.deadline import Deadline
-from hil.errors import AuthError, CommandTimeout, ConnectError, ConnectionLost, HostKeyError, TransportError
+from hil.errors import (
+    AuthError,
+    CommandTimeout,
+    ConfigError,
+    ConnectError,
+    ConnectionLost,
+    HostKeyError,
+    TransportError,
+)
 from hil.transport.base import ProgressCallback, Result
+from hil.transport.endpoint import Endpoint, resolve
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +170,7 @@ class SshTransport:
         self.config = config
         self.python = python
         self._client: paramiko.SSHClient | None = None
+        self._jumps: list[paramiko.SSHClient] = []  # jump hosts, first hop first
         self._commands: _CommandChannel | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.RLock()
@@ -203,56 +213,21 @@ class SshTransport:
                     delay = min(delay * 2, 2.0)
 
     def _open(self) -> None:
-        cfg = self.config
-        where = f"device '{self.device}' ({cfg.user}@{cfg.host}:{cfg.port})"
-        client = paramiko.SSHClient()
-        if cfg.known_hosts is not None:
-            try:
-                client.load_host_keys(str(cfg.known_hosts))
-            except (OSError, paramiko.SSHException) as exc:
-                raise HostKeyError(f"{where}: cannot read known_hosts {cfg.known_hosts}: {exc}") from None
-        if cfg.strict_host_key_checking:
-            client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        else:
-            log.warning("%s: host key checking is OFF (strict_host_key_checking = false)", where)
-            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        t = cfg.connect_timeout
         try:
-            sock = open_socket(cfg.host, cfg.port, t, cfg.bind_interface)
-            client.connect(
-                cfg.host, port=cfg.port, username=cfg.user, sock=sock,
-                key_filename=str(cfg.key) if cfg.key else None,
-                password=cfg.password.reveal() if cfg.password else None,
-                look_for_keys=cfg.key is None, allow_agent=cfg.key is None,
-                timeout=t, banner_timeout=t, auth_timeout=t, channel_timeout=t,
-            )
-        except paramiko.BadHostKeyException as exc:
-            client.close()
-            raise HostKeyError(
-                f"{where}: host key does not match the one pinned in {cfg.known_hosts} "
-                f"(got {exc.key.get_name()} {exc.key.fingerprint}): the device was reinstalled, or this "
-                f"is not the device you think. If you trust it, remove the old key with "
-                f"`ssh-keygen -R {cfg.host} -f {cfg.known_hosts}` and pin the new one") from None
-        except paramiko.AuthenticationException as exc:
-            client.close()
-            raise AuthError(f"{where}: authentication refused ({exc}); check ssh.user and ssh.key") from None
-        except paramiko.SSHException as exc:
-            client.close()
-            if "not found in known_hosts" in str(exc):
-                raise HostKeyError(
-                    f"{where}: host key is unknown (not in {cfg.known_hosts}); pin it first, e.g. "
-                    f"`ssh-keyscan -p {cfg.port} {cfg.host} >> {cfg.known_hosts}` after checking it") from None
-            raise ConnectError(f"{where}: SSH handshake failed: {exc}") from None
-        except TimeoutError:
-            client.close()
-            raise ConnectError(f"{where}: no answer within {t:g} s (device off, cable out, wrong address?)") from None
-        except OSError as exc:
-            client.close()
-            raise ConnectError(f"{where}: cannot connect: {exc.strerror or exc}") from None
+            endpoint = resolve(self.config)
+        except ConfigError as exc:
+            raise ConnectError(f"device '{self.device}': {exc}") from None
+        jumps: list[paramiko.SSHClient] = []
+        try:
+            client = self._connect(endpoint, jumps, password=self.config.password, role="device")
+        except BaseException:
+            for jump in jumps:
+                jump.close()
+            raise
         transport = client.get_transport()
         assert transport is not None
-        transport.set_keepalive(max(1, int(cfg.keepalive)))
-        self._client = client
+        transport.set_keepalive(max(1, int(self.config.keepalive)))
+        self._client, self._jumps = client, jumps
         try:
             self._commands = self._start_server(transport)
         except BaseException:
@@ -260,6 +235,79 @@ class SshTransport:
             raise
         self._ever_connected = True
         self.connects += 1
+
+    def _dial(self, endpoint: Endpoint, jumps: list[paramiko.SSHClient]) -> socket.socket | paramiko.Channel:
+        """A byte stream to the endpoint's sshd: a TCP socket, or a tunnel through the jump host(s)."""
+        t = self.config.connect_timeout
+        if endpoint.jump is None:
+            return open_socket(endpoint.hostname, endpoint.port, t, endpoint.bind_interface)
+        bastion = self._connect(endpoint.jump, jumps, password=None, role="jump host")
+        jumps.append(bastion)
+        transport = bastion.get_transport()
+        assert transport is not None  # connect() succeeded
+        transport.set_keepalive(max(1, int(self.config.keepalive)))
+        try:
+            return transport.open_channel("direct-tcpip", (endpoint.hostname, endpoint.port), ("127.0.0.1", 0),
+                                          timeout=t)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise ConnectError(f"device '{self.device}': jump host {endpoint.jump} cannot reach "
+                               f"{endpoint.hostname}:{endpoint.port}: {exc}") from None
+
+    def _connect(self, endpoint: Endpoint, jumps: list[paramiko.SSHClient], password: Secret | None, role: str
+                 ) -> paramiko.SSHClient:
+        """An authenticated client for one hop, host key strictly checked (also behind a jump host)."""
+        where = f"device '{self.device}' ({role} {endpoint})"
+        known = ", ".join(str(p) for p in endpoint.known_hosts)
+        client = paramiko.SSHClient()
+        for path in endpoint.known_hosts:
+            if path.is_file():
+                try:
+                    client.load_host_keys(str(path))
+                except (OSError, paramiko.SSHException) as exc:
+                    raise HostKeyError(f"{where}: cannot read known_hosts {path}: {exc}") from None
+        if endpoint.strict:
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        else:
+            log.warning("%s: host key checking is OFF (strict_host_key_checking = false)", where)
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        t = self.config.connect_timeout
+        host_entry = endpoint.hostname if endpoint.port == 22 else f"[{endpoint.hostname}]:{endpoint.port}"
+        try:
+            sock = self._dial(endpoint, jumps)
+            # Keys from devices.toml or IdentityFile, then the ssh-agent, then ~/.ssh/id_*, then a password.
+            client.connect(
+                endpoint.hostname, port=endpoint.port, username=endpoint.user, sock=sock,
+                key_filename=[str(k) for k in endpoint.key_files] or None,
+                password=password.reveal() if password else None,
+                look_for_keys=not endpoint.key_files, allow_agent=True,
+                timeout=t, banner_timeout=t, auth_timeout=t, channel_timeout=t,
+            )
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise HostKeyError(
+                f"{where}: host key does not match the one pinned in {known} "
+                f"(got {exc.key.get_name()} {exc.key.fingerprint}): the device was reinstalled, or this "
+                f"is not the device you think. If you trust it, remove the old key with "
+                f"`ssh-keygen -R '{host_entry}' -f {endpoint.known_hosts[0]}` and pin the new one") from None
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise AuthError(f"{where}: authentication refused ({exc}); check the user, the key (ssh.key or "
+                            "IdentityFile) or the ssh-agent, or ssh.password") from None
+        except paramiko.SSHException as exc:
+            client.close()
+            if "not found in known_hosts" in str(exc):
+                raise HostKeyError(
+                    f"{where}: host key is unknown (not in {known}); pin it first, e.g. "
+                    f"`ssh-keyscan -p {endpoint.port} {endpoint.hostname} >> {endpoint.known_hosts[0]}` "
+                    "after checking its fingerprint") from None
+            raise ConnectError(f"{where}: SSH handshake failed: {exc}") from None
+        except TimeoutError:
+            client.close()
+            raise ConnectError(f"{where}: no answer within {t:g} s (device off, cable out, wrong address?)") from None
+        except OSError as exc:
+            client.close()
+            raise ConnectError(f"{where}: cannot connect: {exc.strerror or exc}") from None
+        return client
 
     def _start_server(self, transport: paramiko.Transport) -> _CommandChannel:
         try:
@@ -285,11 +333,12 @@ class SshTransport:
         return commands
 
     def _drop(self) -> None:
-        for thing in (self._sftp, self._commands, self._client):
+        for thing in (self._sftp, self._commands, self._client, *reversed(self._jumps)):
             if thing is not None:
                 with contextlib.suppress(Exception):
                     thing.close()
         self._sftp = self._commands = self._client = None
+        self._jumps = []
 
     def close(self) -> None:
         with self._lock:
