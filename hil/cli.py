@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from hil.config import Inventory, load_inventory
+from hil.config import DeviceConfig, Inventory, load_inventory
 from hil.device import Device
 from hil.errors import ConfigError, HilError, InfraError
 
@@ -55,8 +55,14 @@ def _print_status(statuses) -> int:  # type: ignore[no-untyped-def]
 
 
 def cmd_devices_list(args: argparse.Namespace, inventory: Inventory) -> int:
-    rows = [[d.name, ",".join(d.tags), f"{d.ssh.user}@{d.ssh.host}:{d.ssh.port}", d.serial.port if d.serial else "-",
-             d.workdir] for d in inventory.devices]
+    def ssh(d: DeviceConfig) -> str:
+        user = f"{d.ssh.user}@" if d.ssh.user else ""
+        port = f":{d.ssh.port}" if d.ssh.port else ""
+        jump = f" via {d.ssh.jump}" if d.ssh.jump else ""
+        return f"{user}{d.ssh.host}{port}{jump}"
+
+    rows = [[d.name, ",".join(d.tags), ssh(d), d.serial.port if d.serial else "-",
+             d.workdir or "(default)"] for d in inventory.devices]
     print(_table(rows, ["DEVICE", "TAGS", "SSH", "SERIAL", "WORKDIR"]))
     return 0
 
@@ -200,6 +206,15 @@ def cmd_status(args: argparse.Namespace, inventory: Inventory | None) -> int:
     return 0
 
 
+def cmd_reboot(args: argparse.Namespace, inventory: Inventory) -> int:
+    device = _device(inventory, args.name)
+    result = device.reboot(timeout=args.timeout)
+    device.close()
+    down = f"down after {result.down_after:.1f} s, " if result.down_after is not None else ""
+    print(f"{args.name}: rebooted: {down}back (SSH answering, facts re-read) after {result.seconds:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hil", description="hardware-in-the-loop validation for edge AI")
     parser.add_argument("--devices", default="devices.toml", help="devices.toml of the lab (default: %(default)s)")
@@ -229,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=60.0)
     run.add_argument("--serial", action="store_true", help="over the serial console instead of SSH")
     run.set_defaults(func=cmd_run)
+    reboot = sub.add_parser("reboot", help="reboot a device and wait until it is back")
+    reboot.add_argument("name", metavar="DEVICE")
+    reboot.add_argument("--timeout", type=float, default=None, help="default: the device's reboot_timeout")
+    reboot.set_defaults(func=cmd_reboot)
+
     artifact = sub.add_parser("artifact", help="model artifacts: manifests and signatures").add_subparsers(
         dest="artifact_command", required=True)
     init = artifact.add_parser("init", help="write an unsigned manifest for DIR/model.onnx")

@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hil.config import DeviceConfig
-from hil.errors import CommandFailed, HilError, InfraError, TransportError
+from hil.config import DEFAULT_WORKDIR, DeviceConfig
+from hil.deadline import Deadline
+from hil.errors import CommandFailed, HilError, InfraError, PrivilegeUnavailable, TransportError
 from hil.transport.base import ProgressCallback, Result
 from hil.transport.serial import SerialTransport
 from hil.transport.ssh import SshTransport
@@ -23,6 +24,7 @@ _PROBE_SOURCE = (Path(__file__).parent / "probe.py").read_text()
 DEFAULT_TIMEOUT = 60.0
 CLOCK_SAMPLES = 7
 MIN_FREE_BYTES = 16 * 1024 * 1024  # below this a workdir cannot take even a small model
+_ASKPASS = b'#!/bin/sh\nprintf "%s\\n" "$HIL_SUDO_PASSWORD"\n'
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,13 @@ class Facts:
 
 
 @dataclass(frozen=True)
+class RebootResult:
+    device: str
+    seconds: float  # from the reboot command to SSH answering with facts re-read
+    down_after: float | None  # when the device stopped answering (None: it was never seen down)
+
+
+@dataclass(frozen=True)
 class Health:
     device: str
     ok: bool
@@ -92,13 +101,81 @@ class Device:
         self.ssh = SshTransport(config.name, config.ssh, config.python)
         self._serial: SerialTransport | None = None
         self._facts: Facts | None = None
+        self._login: tuple[int, str] | None = None  # (uid, home) of the login user
+        self._workdir: str | None = None
+        self._root: tuple[bool, str] | None = None  # (can become root, why not)
+        self._askpass_ready = False
 
     def __repr__(self) -> str:
         return f"Device({self.name!r})"
 
     @property
     def workdir(self) -> str:
-        return self.config.workdir
+        """Where hil keeps its files on the device; `~` and the default are resolved for the login user."""
+        if self._workdir is None:
+            configured = self.config.workdir
+            if configured is not None and not configured.startswith("~"):
+                self._workdir = configured
+            else:
+                uid, home = self.login()
+                if configured is not None:
+                    self._workdir = home + configured[1:]
+                else:
+                    self._workdir = DEFAULT_WORKDIR if uid == 0 else f"{home.rstrip('/')}/hil"
+        return self._workdir
+
+    def login(self) -> tuple[int, str]:
+        """(uid, home directory) of the user hil logs in as."""
+        if self._login is None:
+            out = self.run('id -u; printf "%s\\n" "$HOME"', timeout=15, check=True).stdout.split("\n")
+            self._login = (int(out[0]), out[1])
+        return self._login
+
+    # -- privilege ----------------------------------------------------------------------------
+
+    def can_become_root(self) -> tuple[bool, str]:
+        """Whether root operations can run here, and if not, why (cached)."""
+        if self._root is None:
+            if self.login()[0] == 0:
+                self._root = (True, "logged in as root")
+            elif self.config.become.method == "none":
+                self._root = (False, f"logged in as uid {self.login()[0]} and become.method = \"none\"")
+            else:
+                result = self.run("true", timeout=15, root=True)
+                reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "sudo refused"
+                self._root = (result.ok, "sudo works" if result.ok else f"sudo failed: {reason}")
+        return self._root
+
+    def require_root(self, operation: str) -> None:
+        """Raise PrivilegeUnavailable (a skip in pytest) unless root operations can run here."""
+        ok, why = self.can_become_root()
+        if not ok:
+            raise PrivilegeUnavailable(f"device '{self.name}': {operation} needs root, and hil cannot become "
+                                       f"root there: {why} (see [devices.become] in devices.toml)")
+
+    def _askpass(self) -> str:
+        """A helper that prints $HIL_SUDO_PASSWORD for `sudo -A`; it holds no secret itself."""
+        path = f"{self.workdir}/.hil-askpass"
+        if not self._askpass_ready:
+            quoted = shlex.quote(path)
+            self.run(f"mkdir -p {shlex.quote(self.workdir)} && cat > {quoted} && chmod 700 {quoted}",
+                     stdin=_ASKPASS, timeout=15, check=True)
+            self._askpass_ready = True
+        return path
+
+    def _as_root(self, command: str, env: Mapping[str, str] | None) -> tuple[str, dict[str, str]]:
+        """The command wrapped in sudo. A password goes through an askpass helper reading an environment
+        variable, so it never lands in a file, a log, or the command's stdin."""
+        if self.config.become.method == "none":
+            raise PrivilegeUnavailable(f"device '{self.name}': root needed, but become.method = \"none\"")
+        inner = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in (env or {}).items()) + " " if env else ""
+        wrapped = f"{inner}/bin/sh -c {shlex.quote(command)}"
+        password = self.config.become.password
+        if password is None:
+            return f"sudo -n -- {wrapped}", {}
+        askpass = self._askpass()
+        return (f"SUDO_ASKPASS={shlex.quote(askpass)} sudo -A -p '' -- {wrapped}",
+                {"HIL_SUDO_PASSWORD": password.reveal()})
 
     # -- commands and files ------------------------------------------------------------------
 
@@ -111,9 +188,18 @@ class Device:
         cwd: str | None = None,
         stdin: bytes | None = None,
         check: bool = False,
+        root: bool = False,
     ) -> Result:
-        """Run a shell command on the device over SSH; check=True raises CommandFailed on non-zero exit."""
-        result = self.ssh.run(command, timeout=timeout, env=env, cwd=cwd, stdin=stdin)
+        """Run a shell command on the device over SSH; check=True raises CommandFailed on non-zero exit.
+
+        root=True runs it as root (through sudo when the login user is not root).
+        """
+        if root and self.login()[0] != 0:
+            wrapped, secret_env = self._as_root(command, env)
+            result = self.ssh.run(wrapped, timeout=timeout, env=secret_env, cwd=cwd, stdin=stdin)
+            result = Result(command, result.stdout, result.stderr, result.exit_status, result.duration)
+        else:
+            result = self.ssh.run(command, timeout=timeout, env=env, cwd=cwd, stdin=stdin)
         log.debug("%s: %r -> %d in %.1f ms", self.name, command, result.exit_status, result.duration * 1000)
         if check and not result.ok:
             raise CommandFailed(f"device '{self.name}': {command!r} exited {result.exit_status}: "
@@ -205,6 +291,48 @@ class Device:
             warnings.append(f"device clock is off by {facts.clock}")
         return Health(self.name, not problems, tuple(problems), tuple(warnings), time.monotonic() - started,
                       {"facts": facts.summary()})
+
+    # -- reboot -------------------------------------------------------------------------------
+
+    def _boot_marker(self, timeout: float) -> str:
+        """Changes with every boot: the kernel's boot id, and when PID 1 started (for devices whose
+        "reboot" restarts their processes, like emulated ones)."""
+        return self.run("cat /proc/sys/kernel/random/boot_id; cut -d' ' -f22 /proc/1/stat",
+                        timeout=timeout, check=True).stdout.strip()
+
+    def reboot(self, timeout: float | None = None) -> RebootResult:
+        """Reboot; wait until the device went down and came back (SSH answering, facts re-read)."""
+        deadline = Deadline.after(timeout if timeout is not None else self.config.reboot_timeout)
+        before = self._boot_marker(15)
+        started = time.monotonic()
+        # Detached and delayed, so this command returns before the device goes down.
+        command = f"nohup /bin/sh -c {shlex.quote('sleep 1; ' + self.config.reboot_command)} >/dev/null 2>&1 &"
+        self.run(command, timeout=15, check=True, root=True)
+        log.info("%s: rebooting (%s)", self.name, self.config.reboot_command)
+        went_down: float | None = None
+        while not deadline.expired:
+            if not self.ssh.connected and went_down is None:
+                went_down = time.monotonic() - started
+            try:
+                self.ssh.connect(within=deadline.remaining_or(5.0))
+                marker = self._boot_marker(timeout=deadline.remaining_or(5.0))
+            except InfraError:
+                went_down = went_down or time.monotonic() - started
+                self.ssh.close()
+                deadline.sleep(0.3)
+                continue
+            if marker != before:
+                if self._serial is not None:  # the console may be a new pty now
+                    self._serial.close()
+                    self._serial = None
+                self.facts(refresh=True)
+                seconds = time.monotonic() - started
+                log.info("%s: back after %.1f s", self.name, seconds)
+                return RebootResult(self.name, seconds, went_down)
+            deadline.sleep(0.3)
+        state = "did not come back" if went_down is not None else "never went down"
+        raise InfraError(f"device '{self.name}': reboot with {self.config.reboot_command!r} {state} within "
+                         f"{deadline.seconds:g} s (reboot_timeout in devices.toml)")
 
     def close(self) -> None:
         self.ssh.close()

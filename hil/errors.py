@@ -82,3 +82,7 @@ class DeployError(InfraError):
 
 class RollbackUnavailable(HilError):
     """There is no earlier version of the model on the device to go back to."""
+
+
+class PrivilegeUnavailable(HilError):
+    """The operation needs root on the device and hil cannot become root there (reported as a skip)."""

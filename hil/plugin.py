@@ -15,7 +15,7 @@ from hil.artifacts import Artifact, load_artifact
 from hil.config import Inventory, load_inventory
 from hil.deploy import DeployedModel, deploy, trusted_keys
 from hil.device import Device
-from hil.errors import ConfigError, DeviceUnhealthy, HilError, InfraError, TransportError
+from hil.errors import ConfigError, DeviceUnhealthy, HilError, InfraError, PrivilegeUnavailable, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +230,11 @@ def hil_inventory(request: pytest.FixtureRequest) -> Inventory:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     report = yield
+    if call.excinfo is not None and call.excinfo.errisinstance(PrivilegeUnavailable):
+        # Needs root where hil cannot become root: not attempted, so a skip with the reason.
+        report.outcome = "skipped"
+        report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {call.excinfo.value}")
+        return report
     if call.excinfo is not None and call.excinfo.errisinstance(DeviceUnhealthy):
         # Our own verdict on the device: the message says it all, a traceback through hil would not help.
         report.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}"

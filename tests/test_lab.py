@@ -172,3 +172,16 @@ def test_ctrl_c_during_up_leaves_nothing_down_cannot_remove(tmp_path: Path, dela
     down = subprocess.run([*hil, "down"], capture_output=True, text=True, timeout=30)
     assert down.returncode == 0, down.stderr
     assert _traces("hildown", "emu-down") == []
+
+
+def test_reboot_restarts_the_device_and_keeps_its_disk(lab: EmulatedLab, device_b: Device) -> None:
+    device_b.run(f"echo survives > {device_b.workdir}/marker", timeout=10, check=True)
+    old_pid1_start = device_b.run("cut -d' ' -f22 /proc/1/stat", timeout=10).stdout
+    assert device_b.console("echo before", timeout=10).stdout == "before\n"
+    result = device_b.reboot(timeout=60)
+    assert result.down_after is not None and result.down_after < result.seconds < 30
+    assert device_b.run("cut -d' ' -f22 /proc/1/stat", timeout=10).stdout != old_pid1_start  # a new boot
+    assert device_b.run(f"cat {device_b.workdir}/marker", timeout=10).stdout == "survives\n"  # disk kept
+    assert device_b.console("hostname", timeout=10).stdout == "emu-b\n"  # the console came back too
+    assert lab.is_up(["emu-b"])
+    device_b.run(f"rm -f {device_b.workdir}/marker", timeout=10)

@@ -235,3 +235,15 @@ def test_unreachable_device_is_quarantined_after_one_error(pytester: pytest.Pyte
     assert reason in labels["test_one[ghost]"]["hil.infrastructure"]
     assert "hil.infrastructure" not in labels["test_one[emu-a]"]
     assert elapsed < 20, f"quarantine took {elapsed:.1f} s: the unreachable device was retried"
+
+
+def test_an_operation_needing_root_is_skipped_with_the_reason(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_root="""
+        from hil.errors import PrivilegeUnavailable
+
+        def test_needs_root():
+            raise PrivilegeUnavailable("device 'edge-01': clock step needs root, and hil cannot become root there")
+    """)
+    result = pytester.runpytest("-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*clock step needs root*"])

@@ -79,14 +79,6 @@ def read_pid(path: os.PathLike[str] | str) -> int | None:
         return None
 
 
-def child_pids(pid: int) -> list[int]:
-    """Direct children of `pid` (empty when it has none or is gone)."""
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
 def pid_namespace_depth(pid: int) -> tuple[int, ...]:
     """The pid as each nested PID namespace sees it (NSpid), outermost first; () when gone."""
     try:

@@ -21,7 +21,7 @@ from hil.config import DeviceConfig, Inventory, LabConfig
 from hil.deadline import Deadline
 from hil.errors import LabError
 from hil.lab import cgroup, network, services
-from hil.lab.host import child_pids, pid_alive, pid_namespace_depth, read_pid, require_lab_host
+from hil.lab.host import pid_alive, pid_namespace_depth, read_pid, require_lab_host
 from hil.transport.ssh import open_socket
 
 log = logging.getLogger(__name__)
@@ -130,13 +130,9 @@ class EmulatedLab:
         group = cgroup.create(self._cgroup_name(device), device.resources.cpus, device.resources.memory_bytes)
         join = group.add if group else None
         network.create_device_net(lab.name, device.name, address, lab.subnet)
-        init_pid = services.start_sshd(lab, device, network.netns_name(lab.name, device.name), join)
+        init_pid = services.start_device(lab, device, network.netns_name(lab.name, device.name), join)
         self._wait_for_sshd(device, init_pid)
         if device.serial is not None:
-            sshd_pid = child_pids(init_pid)
-            if not sshd_pid:
-                raise LabError(f"sshd of emulated device '{device.name}' vanished after it started")
-            services.start_console(lab, device, sshd_pid[0], join)
             self._wait_for_console(device)
         (lab.dir / device.name / "fingerprint").write_text(self._fingerprint(device))
 
@@ -181,6 +177,7 @@ class EmulatedLab:
     def _teardown_namespace(self, ns: str) -> None:
         """Kill everything living in the namespace (sshd, sessions, console), then delete it."""
         device = ns.removeprefix(f"{self.config.name}-")
+        services.reboot_flag(self.config, device).unlink(missing_ok=True)  # or its init would boot it again
         recorded = [read_pid(self.config.dir / device / f) for f in ("init.pid", "console.pid")]
         victims = network.netns_pids(ns) | {p for p in recorded if p and pid_alive(p, device)}
         # Leaves first, then the device's PID 1, then what is outside: a process inside the device
@@ -191,6 +188,7 @@ class EmulatedLab:
         device_init = {p for p, nspid in ids.items() if len(nspid) > 1 and nspid[-1] == 1}
         for group in (inside, device_init, victims - inside - device_init):
             self._kill_and_wait(group)
+        self._kill_and_wait(network.netns_pids(ns))  # anything started meanwhile
         network.delete_netns(ns)
 
     @staticmethod
@@ -211,7 +209,7 @@ class EmulatedLab:
         has_ns = ns in network.list_netns(lab.name)
         init_pid = read_pid(ddir / "init.pid")
         console_pid = read_pid(ddir / "console.pid")
-        sshd_ok = bool(init_pid and pid_alive(init_pid, str(ddir / "sshd_config")))
+        sshd_ok = bool(init_pid and pid_alive(init_pid, str(ddir / "init.json")))
         console_ok = device.serial is None or bool(
             console_pid and pid_alive(console_pid, "socat") and lab.console_path(device.name).exists())
         current = has_ns and self._stored_fingerprint(device) == self._fingerprint(device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -72,6 +73,11 @@ def ensure_client_key(lab: LabConfig) -> None:
     (lab.dir / "authorized_keys").write_text(lab.client_key.with_suffix(".pub").read_text())
     bindir = lab.dir / "bin"
     bindir.mkdir(exist_ok=True)
+    # `reboot` on an emulated device restarts its processes; it must never reach the host's reboot.
+    # PID 1 in the device is its sshd, and the device's init boots it again when asked to.
+    reboot = bindir / "hil-reboot"
+    reboot.write_text(f'#!/bin/sh\ntouch "{lab.dir}/$(hostname)/reboot-request" && exec kill -TERM 1\n')
+    reboot.chmod(0o755)
     for name in ("python3", "python"):
         # A wrapper, not a symlink: a venv's interpreter only finds its site-packages when
         # started through its own path.
@@ -150,48 +156,51 @@ def _cgroup_mounts() -> str:
     return "true"
 
 
-def start_sshd(lab: LabConfig, device: DeviceConfig, netns: str, join: Callable[[int], None] | None) -> int:
-    """sshd in the device's netns, inside a private mount+UTS namespace that holds its size-limited workdir."""
+def reboot_flag(lab: LabConfig, device: str) -> Path:
+    return lab.dir / device / "reboot-request"
+
+
+def _init_config(lab: LabConfig, device: DeviceConfig) -> Path:
+    """What the device's init (device_init.py) runs: its sshd, and its console unless it has none."""
     ddir = lab.dir / device.name
-    assert device.resources is not None
+    console = None
+    if device.serial is not None:
+        console = {
+            "link": str(lab.console_path(device.name)),
+            "log": str(ddir / "console.log"),
+            "pid_file": str(ddir / "console.pid"),
+            "workdir": device.workdir,
+            "shell": "bash --norc --noprofile -i",
+            "env": {**device_env(lab, device), "TERM": "vt100", "PS1": f"root@{device.name}:\\w# "},
+        }
+    config = {"sshd": find_tool("sshd"), "sshd_config": str(ddir / "sshd_config"), "sshd_log": str(ddir / "sshd.log"),
+              "reboot_flag": str(reboot_flag(lab, device.name)), "console": console}
+    path = ddir / "init.json"
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def start_device(lab: LabConfig, device: DeviceConfig, netns: str, join: Callable[[int], None] | None) -> int:
+    """Boot the device: its disk (a size-limited tmpfs), hostname and cgroup view in private mount and UTS
+    namespaces inside its netns, then its init, which runs sshd (PID 1 of the device's own PID namespace,
+    so `ps` there shows the device and `kill -9 -1` cannot reach the host) and the serial console."""
+    ddir = lab.dir / device.name
+    assert device.resources is not None and device.workdir is not None
     Path(device.workdir).mkdir(parents=True, exist_ok=True)  # the mount point, on the host
     script = (
         'mount -t tmpfs -o "size=$1,mode=0755" "hil-$2" "$3" && hostname "$2" && '
         f"{{ {_cgroup_mounts()} ; }} && "
-        'exec "$4" -D -f "$5" -E "$6"'
+        'exec "$4" "$5" "$6"'
     )
     args = [find_tool("ip"), "netns", "exec", netns,
-            # Its own PID namespace too: `ps` on the device shows the device, and a `kill -9 -1`
-            # there cannot reach the host. unshare stays as the parent; sshd is PID 1 inside.
-            find_tool("unshare"), "--mount", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc",
-            "--propagation", "private",
+            find_tool("unshare"), "--mount", "--uts", "--propagation", "private",
             "/bin/sh", "-c", script, "sh", str(device.resources.disk_bytes), device.name, device.workdir,
-            find_tool("sshd"), str(ddir / "sshd_config"), str(ddir / "sshd.log")]
+            sys.executable, str(Path(__file__).with_name("device_init.py")), str(_init_config(lab, device))]
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
     with (ddir / "boot.log").open("ab") as boot_log:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=boot_log, stderr=boot_log,
                                 start_new_session=True, preexec_fn=_join_cgroup(join), close_fds=True)
     (ddir / "init.pid").write_text(f"{proc.pid}\n")
-    return proc.pid
-
-
-def start_console(lab: LabConfig, device: DeviceConfig, sshd_pid: int, join: Callable[[int], None] | None) -> int:
-    """A shell on a pty inside the device's namespaces: the serial console, alive when the network is not.
-
-    The namespaces are entered through the device's sshd (`sshd_pid`, as the host sees it).
-    """
-    ddir = lab.dir / device.name
-    link = lab.console_path(device.name)
-    link.unlink(missing_ok=True)
-    shell = "bash --norc --noprofile -i"
-    args = [find_tool("nsenter"), "-t", str(sshd_pid), "-n", "-m", "-u", "-p", f"--wd={device.workdir}",
-            find_tool("socat"), "-d", f"pty,link={link},raw,echo=0",
-            f"exec:{shell},pty,stderr,setsid,sigint,sane,ctty"]
-    env = {**device_env(lab, device), "TERM": "vt100", "PS1": f"root@{device.name}:\\w# "}
-    with (ddir / "console.log").open("ab") as console_log:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=console_log, stderr=console_log,
-                                env=env, start_new_session=True, preexec_fn=_join_cgroup(join), close_fds=True)
-    (ddir / "console.pid").write_text(f"{proc.pid}\n")
     return proc.pid
 
 

@@ -41,6 +41,8 @@ from hil.transport.endpoint import Endpoint, resolve
 log = logging.getLogger(__name__)
 
 _SERVER_SOURCE = (Path(__file__).parent / "cmdserver.py").read_text()
+_SERVER_BOOT = ("import sys, base64; "
+                "exec(compile(base64.b64decode(sys.stdin.buffer.readline()), 'hil-command-server', 'exec'))")
 # How long past a command's own timeout we wait for the device to report the kill.
 ANSWER_GRACE = 5.0
 SERVER_START_TIMEOUT = 10.0
@@ -183,6 +185,12 @@ class SshTransport:
         transport = self._client.get_transport() if self._client else None
         return bool(transport and transport.is_active() and self._commands and self._commands.alive)
 
+    @property
+    def connected(self) -> bool:
+        """The session is open and its command channel alive (as far as we know without asking)."""
+        with self._lock:
+            return self._alive()
+
     def connect(self, within: float | None = None) -> None:
         """Open the session now (it is also opened on first use, and reopened after a drop).
 
@@ -256,7 +264,8 @@ class SshTransport:
     def _connect(self, endpoint: Endpoint, jumps: list[paramiko.SSHClient], password: Secret | None, role: str
                  ) -> paramiko.SSHClient:
         """An authenticated client for one hop, host key strictly checked (also behind a jump host)."""
-        where = f"device '{self.device}' ({role} {endpoint})"
+        where = f"device '{self.device}' ({endpoint})" if role == "device" else \
+            f"device '{self.device}': {role} {endpoint}"
         known = ", ".join(str(p) for p in endpoint.known_hosts)
         client = paramiko.SSHClient()
         for path in endpoint.known_hosts:
@@ -313,8 +322,10 @@ class SshTransport:
         try:
             channel = transport.open_session(timeout=self.config.connect_timeout)
             # The server itself runs without the session's LD_PRELOAD; it hands it on to each command.
+            # Its source arrives as the first line of stdin, so `ps` on the device shows a short command.
             channel.exec_command(f'HIL_SESSION_LD_PRELOAD="${{LD_PRELOAD-}}" LD_PRELOAD= exec '
-                                 f"{shlex.quote(self.python)} -u -c {shlex.quote(_SERVER_SOURCE)}")
+                                 f"{shlex.quote(self.python)} -u -c {shlex.quote(_SERVER_BOOT)} hil-command-server")
+            channel.sendall(base64.b64encode(_SERVER_SOURCE.encode()) + b"\n")
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise ConnectError(f"device '{self.device}': cannot open a command channel: {exc}") from None
         commands = _CommandChannel(channel, self.device)
