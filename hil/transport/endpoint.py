@@ -64,7 +64,9 @@ def _hop(text: str, config_file: Path | None, cfg: SshConfig, jump: Endpoint | N
     return _endpoint(
         alias=host, entry=entry, config_file=config_file, jump=jump, strict=cfg.strict_host_key_checking,
         port=int(match.group("port")) if match.group("port") else None, user=match.group("user"),
-        key=None, known_hosts=cfg.known_hosts, bind_interface=cfg.bind_interface)
+        # The hop's own IdentityFile if ssh_config names one, else the device's key (labs often share one).
+        key=None if entry.get("identityfile") else cfg.key,
+        known_hosts=cfg.known_hosts, bind_interface=cfg.bind_interface)
 
 
 def _endpoint(*, alias: str, entry: dict[str, object], config_file: Path | None, jump: Endpoint | None, strict: bool,
