@@ -13,6 +13,7 @@ declare -A NEED=(
   [/usr/sbin/iptables]=iptables
   [/usr/sbin/ip]=iproute2
   [/usr/bin/nsenter]=util-linux
+  [/usr/bin/sudo]=sudo
 )
 missing=()
 for path in "${!NEED[@]}"; do

@@ -11,6 +11,7 @@ import pytest
 from hil.config import Inventory, load_inventory
 from hil.device import Device
 from hil.lab import EmulatedLab
+from tests.handbuilt import handbuilt_device  # noqa: F401 (the session fixture `handbuilt`, built once)
 
 # Its own name and subnet, so the tests never disturb a lab brought up by `make run`.
 TEST_LAB_TOML = """
