@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, given, settings
@@ -250,3 +252,21 @@ def test_parse_drops_kernel_lines_interleaved_with_real_output(
     assert parsed is not None
     assert parsed.output == "\n".join(lines) + "\n"
     assert len(parsed.kernel_lines) == len(kernel)
+
+
+# -- a transcript recorded on a console found in the wild (tests/handbuilt.py: login, colour prompt, ----
+# OSC window title, bracketed paste, erase-line, echo before hil quiets it, a kernel message mid-output)
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_recorded_noisy_console_transcript_parses_exactly() -> None:
+    raw = (DATA / "console-edge01.bin").read_bytes().decode()
+    expected = json.loads((DATA / "console-edge01.json").read_text())
+    parsed = parse(raw, expected["token"])
+    assert parsed is not None
+    assert (parsed.output, parsed.exit_status) == (expected["output"], expected["status"])
+    assert parsed.kernel_lines == ("[   12.345678] usb 1-1: new high-speed USB device number 2 using ehci-pci",)
+    # Every prefix that stops before the end marker is complete waits for more.
+    cut = raw.index(f"HILE-{expected['token']}")
+    assert parse(raw[:cut], expected["token"]) is None
