@@ -45,8 +45,8 @@ def test_up_is_idempotent(lab: EmulatedLab) -> None:
 
 def test_limits_are_enforced(lab: EmulatedLab, device_b: Device) -> None:
     status = {s.name: s for s in lab.status()}["emu-b"]
-    assert status.limits in ({"cpu.cfs_quota_us": "50000", "memory.limit_in_bytes": str(256 * 2**20)},
-                             {"cpu.max": "50000 100000", "memory.max": str(256 * 2**20)})
+    assert status.limits in ({"cpu.cfs_quota_us": "5000", "memory.limit_in_bytes": str(256 * 2**20)},
+                             {"cpu.max": "5000 10000", "memory.max": str(256 * 2**20)})
     # The disk is really full at its size.
     full = device_b.run(f"dd if=/dev/zero of={device_b.workdir}/fill bs=1M count=64", timeout=30)
     try:

@@ -16,7 +16,10 @@ from hil.errors import LabError
 log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-CFS_PERIOD_US = 100_000
+# A short period: with the kernel's default 100 ms, a 0.5-CPU device runs at full speed for 50 ms and
+# then stalls, so inferences shorter than that are not slowed at all (only the tail is). At 10 ms the
+# quota bites every few milliseconds, as a slower CPU would.
+CFS_PERIOD_US = 10_000
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ def create(name: str, cpus: float, memory_bytes: int) -> Cgroup | None:
         log.warning("no usable cgroup cpu/memory controllers: CPU and memory limits of %s are NOT enforced", name)
         return None
     group = Cgroup(name, _dirs(name, version), version)
-    quota = max(1000, int(cpus * CFS_PERIOD_US))
+    quota = max(1000, int(cpus * CFS_PERIOD_US))  # the kernel's minimum quota is 1 ms
     try:
         if version == 2:
             _enable_v2_controllers()
