@@ -1,0 +1,50 @@
+"""Runs on the device: the self-contained device runner and the host-side driver that ships and starts it.
+
+    from hil.runner import run_latency, run_eval, run_sweep, StopWhen
+    run = run_latency(deployed_model, batch=1, threads=1, stop_when=StopWhen(99, limit_ms=12.0))
+    run.latencies_ms, run.p99_ms, run.session.op_providers, run.memory.peak_rss_mib
+"""
+
+from hil.runner.driver import (
+    RUNNER_SOURCE,
+    SessionSettings,
+    StopWhen,
+    run_eval,
+    run_latency,
+    run_overhead,
+    run_sweep,
+    ship_inputs,
+    ship_runner,
+)
+from hil.runner.errors import (
+    BadInput,
+    InferenceFailed,
+    ModelLoadFailed,
+    OutOfMemory,
+    ProviderMissing,
+    RunnerConfigError,
+    RunnerCrashed,
+    RunnerError,
+    RunnerTimeout,
+)
+from hil.runner.results import (
+    CpuTime,
+    EvalRun,
+    LatencyRun,
+    MemoryFacts,
+    OverheadRun,
+    RunContext,
+    SessionFacts,
+    StopInfo,
+    SweepPoint,
+    SweepRun,
+    TelemetrySample,
+)
+
+__all__ = [
+    "RUNNER_SOURCE", "BadInput", "CpuTime", "EvalRun", "InferenceFailed", "LatencyRun", "MemoryFacts",
+    "ModelLoadFailed", "OutOfMemory", "OverheadRun", "ProviderMissing", "RunContext", "RunnerConfigError",
+    "RunnerCrashed", "RunnerError", "RunnerTimeout", "SessionFacts", "SessionSettings", "StopInfo", "StopWhen",
+    "SweepPoint", "SweepRun", "TelemetrySample", "run_eval", "run_latency", "run_overhead", "run_sweep",
+    "ship_inputs", "ship_runner",
+]
