@@ -87,3 +87,15 @@ def test_smoke_and_deploy_suites_run_against_it(handbuilt: HandBuilt) -> None:
         capture_output=True, text=True, timeout=300, cwd=handbuilt.directory)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout
+
+
+def test_a_python_without_onnxruntime_is_named_before_tests_spend_time(edge: Device) -> None:
+    plain = Device(dataclasses.replace(edge.config, python="/usr/bin/python3"))
+    try:
+        health = plain.health()
+        assert not health.ok
+        [problem] = health.problems
+        assert "onnxruntime does not import with /usr/bin/python3" in problem and "pip install onnxruntime" in problem
+        assert plain.facts().python_executable == "/usr/bin/python3" and plain.facts().onnxruntime is None
+    finally:
+        plain.close()
