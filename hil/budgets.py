@@ -185,16 +185,27 @@ def check_cv(latencies_ms: npt.ArrayLike, threshold: float = DEFAULT_CV_THRESHOL
     return Measurement("latency_cv_pct", cv * 100.0, "%", threshold * 100.0, AT_MOST, verdict, note=note)
 
 
-def combine(latency: Measurement, cv: Measurement) -> Measurement:
+def combine(latency: Measurement, cv: Measurement, latencies_ms: npt.ArrayLike | None = None,
+            looks: int = 1) -> Measurement:
     """A latency verdict tempered by the noise check.
 
     Noisy timings turn FAIL into INCONCLUSIVE (the excess may be the lab's); a PASS stays PASS (the
-    bound held even with the noise in it), with the noise noted. INCONCLUSIVE stays so.
+    bound held even with the noise in it), with the noise noted. INCONCLUSIVE stays so. Given the
+    samples, a FAIL stands despite the noise when even the median's lower bound is over the limit:
+    stalls only add latency to some samples, they cannot lift the median (`looks`: the adaptive run's
+    number of looks, for the same Bonferroni-corrected confidence as the verdict).
     """
     if cv.verdict is Verdict.PASS:
         return latency
     noise = f"cv {_fmt(cv.value)}% > {_fmt(cv.limit)}%"
     if latency.verdict is Verdict.FAIL:
+        if latencies_ms is not None and latency.limit is not None:
+            per_look = 1.0 - (1.0 - (latency.confidence or DEFAULT_CONFIDENCE)) / max(1, looks)
+            median = percentile_bounds(latencies_ms, 50, per_look).lower
+            if median is not None and median > latency.limit:
+                return dataclasses.replace(latency, note=_join(
+                    latency.note, f"noisy timings ({noise}) but even the median's lower bound {_fmt(median)} ms "
+                                  "is over the limit: tail stalls cannot explain it"))
         return dataclasses.replace(latency, verdict=Verdict.INCONCLUSIVE,
                                    note=_join(latency.note, f"would FAIL but timings are too noisy: {noise}"))
     return dataclasses.replace(latency, note=_join(latency.note, f"noisy timings: {noise}"))

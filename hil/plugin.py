@@ -118,6 +118,8 @@ def _inventory_path(config: pytest.Config) -> Path | None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "emulated: tests on emulated devices (the embedded lab)")
+    config.addinivalue_line("markers", "perf: performance suites (latency, cold start, memory, throughput)")
+    config.addinivalue_line("markers", "accuracy: accuracy suites (outputs vs reference, top-1, int8 vs fp32)")
     path = _inventory_path(config)
     inventory = None
     if path is not None:

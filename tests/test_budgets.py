@@ -253,3 +253,20 @@ def test_evaluate_checks_every_budget_that_has_a_value() -> None:
     noisy = evaluate(BudgetSpec(latency_p99_ms=7.0), latencies_ms=_latencies(1000, sigma=0.2))
     assert [m.verdict for m in noisy] == [Verdict.INCONCLUSIVE]  # a FAIL, tempered by the noise
     assert evaluate(BudgetSpec(), latencies_ms=x, cold_start_ms=1.0) == []
+
+
+def test_noise_cannot_excuse_a_median_over_the_limit() -> None:
+    rng = np.random.default_rng(11)
+    # Every sample is slow (median 10 ms) and noisy: the limit of 5 ms is missed by the whole distribution.
+    slow = 10.0 + rng.exponential(5.0, 1000)
+    latency = check_percentile(slow, 99, 5.0)
+    cv = check_cv(slow)
+    assert latency.verdict is Verdict.FAIL and cv.verdict is Verdict.INCONCLUSIVE
+    assert combine(latency, cv).verdict is Verdict.INCONCLUSIVE  # without the samples: noise wins
+    kept = combine(latency, cv, slow)
+    assert kept.verdict is Verdict.FAIL and "median" in kept.note
+    # A fast median with a stalled tail over the limit stays INCONCLUSIVE: stalls may be the lab's.
+    stalled = np.concatenate([np.full(980, 1.0), np.full(20, 50.0)])
+    tail = check_percentile(stalled, 99, 5.0)
+    assert tail.verdict is Verdict.FAIL
+    assert combine(tail, check_cv(stalled), stalled).verdict is Verdict.INCONCLUSIVE
