@@ -5,6 +5,7 @@ serial console that wants a login and prints a noisy prompt and kernel messages.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shlex
 import subprocess
@@ -99,3 +100,18 @@ def test_a_python_without_onnxruntime_is_named_before_tests_spend_time(edge: Dev
         assert plain.facts().python_executable == "/usr/bin/python3" and plain.facts().onnxruntime is None
     finally:
         plain.close()
+
+
+def test_bench_through_the_jump_host_as_the_login_user(handbuilt: HandBuilt) -> None:
+    devices = handbuilt.directory / "devices-bench.toml"
+    trust = f'\n[deploy]\ntrusted_keys = ["{REPO / "fixtures" / "keys" / "demo-ed25519.pub"}"]\n'
+    devices.write_text(handbuilt.devices_toml.read_text() + trust)
+    result = subprocess.run(
+        [sys.executable, "-m", "hil.cli", "--devices", str(devices), "bench", "edge-01",
+         str(REPO / "fixtures" / "models" / "digits-cnn"), "--json", "--min-iterations", "300",
+         "--min-duration", "0.5"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert (report["device"], report["emulated"]) == ("edge-01", False)
+    assert report["latency"]["count"] >= 300 and report["latency"]["p99_ms"] >= report["latency"]["p50_ms"] > 0
+    assert "CPUExecutionProvider" in report["providers"]
