@@ -387,8 +387,9 @@ def _write_sudoers(directory: Path) -> None:
 
 
 def _start_venv() -> subprocess.Popen:
-    """The device's own Python: a venv of the system python3, seeing the packages of hil's venv through a
-    .pth (numpy and onnxruntime, without installing them again). Started in the background: the slowest part."""
+    """The device's own Python: a venv of the system python3 holding copies of numpy and onnxruntime from
+    hil's venv (no download; a copy, because the device user cannot read hil's checkout, which may sit in
+    a private directory). Started in the background: the slowest part."""
     return subprocess.Popen(["/usr/bin/python3", "-m", "venv", "--without-pip", str(VENV)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={"PATH": PATH, "LANG": "C.UTF-8"})
@@ -399,11 +400,14 @@ def _finish_venv(proc: subprocess.Popen) -> None:
     if proc.returncode != 0:
         raise HandBuiltError(f"python3 -m venv {VENV}: {out.decode(errors='replace')}")
     host_python = REPO / ".venv" / "bin" / "python"
-    packages = _run([str(host_python), "-c", "import site; print(site.getsitepackages()[0])"]).strip()
+    packages = Path(_run([str(host_python), "-c", "import site; print(site.getsitepackages()[0])"]).strip())
     site_dirs = sorted(VENV.glob("lib/python3*/site-packages"))
     if not site_dirs:
         raise HandBuiltError(f"no site-packages in {VENV}")
-    (site_dirs[0] / "hil-edge-packages.pth").write_text(packages + "\n")
+    for name in ("numpy", "numpy.libs", "onnxruntime"):  # all that `import onnxruntime` needs
+        if (packages / name).is_dir():
+            shutil.copytree(packages / name, site_dirs[0] / name, symlinks=True)
+    _run(["chmod", "-R", "a+rX", str(VENV)])
 
 
 def _make_network() -> None:
