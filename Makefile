@@ -36,6 +36,7 @@ bench: setup
 	$(BIN)/python benchmarks/roundtrip.py --devices $(DEVICES)
 	$(BIN)/python benchmarks/lab_speed.py
 	$(BIN)/python benchmarks/deploy_speed.py --devices $(DEVICES)
+	$(BIN)/python benchmarks/runner_fidelity.py --devices $(DEVICES)
 
 clean:
 	rm -rf reports .venv *.egg-info
