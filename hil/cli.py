@@ -1,4 +1,5 @@
-"""`hil`: the library from a shell. Exit codes: 0 ok, 1 a command failed, 2 bad input, 3 infrastructure."""
+"""`hil`: the library from a shell. Exit codes: 0 ok, 1 a command or budget failed, 2 bad input, 3 infrastructure,
+4 a measurement too inconclusive to judge (`hil bench`)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from hil.device import Device
 from hil.errors import ConfigError, HilError, InfraError
 
 if TYPE_CHECKING:  # types of `hil bench` only: a command imports what it needs when it runs
-
     from hil.budgets import BudgetSpec, Context, Measurement
     from hil.runner import LatencyRun
     from hil.stats import AdaptiveStop, LatencySummary
