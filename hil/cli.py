@@ -213,6 +213,21 @@ def cmd_status(args: argparse.Namespace, inventory: Inventory | None) -> int:
     return 0
 
 
+def cmd_faults(args: argparse.Namespace, inventory: Inventory) -> int:
+    from hil.faults import pending, sweep
+
+    device = _device(inventory, args.name)
+    records = sweep(device) if args.faults_command == "clear" else pending(device)
+    device.close()
+    verb = "undone" if args.faults_command == "clear" else "applied"
+    if not records:
+        print(f"{args.name}: no faults {verb}")
+    for r in records:
+        print(f"{args.name}: {verb}: {r.id} {r.kind} {json.dumps(r.params)} (applied {r.applied_at}, "
+              f"run {r.run_id or '?'})")
+    return 0
+
+
 def cmd_reboot(args: argparse.Namespace, inventory: Inventory) -> int:
     device = _device(inventory, args.name)
     result = device.reboot(timeout=args.timeout)
@@ -392,6 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=60.0)
     run.add_argument("--serial", action="store_true", help="over the serial console instead of SSH")
     run.set_defaults(func=cmd_run)
+    faults = sub.add_parser("faults", help="the fault ledger of a device").add_subparsers(
+        dest="faults_command", required=True)
+    for name, text in (("list", "faults still applied"), ("clear", "undo every fault left applied")):
+        cmd = faults.add_parser(name, help=text)
+        cmd.add_argument("name", metavar="DEVICE")
+        cmd.set_defaults(func=cmd_faults)
+
     reboot = sub.add_parser("reboot", help="reboot a device and wait until it is back")
     reboot.add_argument("name", metavar="DEVICE")
     reboot.add_argument("--timeout", type=float, default=None, help="default: the device's reboot_timeout")

@@ -266,6 +266,10 @@ class Device:
             providers=tuple(raw.pop("providers")), clock=self.clock_offset(), **raw)
         return self._facts
 
+    def forget_facts(self) -> None:
+        """Facts are re-read on next use (after a fault changed the clock or the disk, say)."""
+        self._facts = None
+
     def health(self, max_clock_offset: float = 5.0) -> Health:
         """Reachable, workdir writable with free space, clock sane, onnxruntime importable."""
         started = time.monotonic()

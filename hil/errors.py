@@ -84,5 +84,10 @@ class RollbackUnavailable(HilError):
     """There is no earlier version of the model on the device to go back to."""
 
 
-class PrivilegeUnavailable(HilError):
+class CapabilityMissing(HilError):
+    """The device cannot take this operation (no root, no iptables, no clock control...): reported as a
+    skip with the reason, never attempted half-way."""
+
+
+class PrivilegeUnavailable(CapabilityMissing):
     """The operation needs root on the device and hil cannot become root there (reported as a skip)."""

@@ -5,8 +5,13 @@ Thin wiring only; the work is done by hil.config, hil.device and hil.lab.
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass, field
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pytest
@@ -15,7 +20,9 @@ from hil.artifacts import Artifact, load_artifact
 from hil.config import Inventory, load_inventory
 from hil.deploy import DeployedModel, deploy, trusted_keys
 from hil.device import Device
-from hil.errors import ConfigError, DeviceUnhealthy, HilError, InfraError, PrivilegeUnavailable, TransportError
+from hil.errors import CapabilityMissing, ConfigError, DeviceUnhealthy, HilError, InfraError, TransportError
+from hil.faults.injector import FaultInjector
+from hil.faults.ledger import sweep as sweep_faults
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,8 @@ class HilSession:
     reported: set[str] = field(default_factory=set)
     lab_checked: bool = False
     lab_error: HilError | None = None
+    swept: dict[str, list[str]] = field(default_factory=dict)  # faults an earlier run left, undone at start
+    run_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}")
 
     def acquire(self, name: str) -> Device:
         if name in self.broken:
@@ -65,10 +74,15 @@ class HilSession:
             if config.emulated:
                 self._ensure_lab()
             device = Device(config)
+            # What a crashed run left applied (a full disk, a dropped network...) is undone first: it
+            # would fail the health check, and no test may run on a device in an unknown state.
+            left = sweep_faults(device)
             health = device.health()
         except HilError as exc:
             self.broken[name] = str(exc)
             return self.acquire(name)
+        if left:
+            self.swept[name] = [f"{r.kind} {r.params} (applied {r.applied_at}, run {r.run_id or '?'})" for r in left]
         if not health.ok:
             device.close()
             self.broken[name] = "; ".join(health.problems)
@@ -118,6 +132,7 @@ def _inventory_path(config: pytest.Config) -> Path | None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "emulated: tests on emulated devices (the embedded lab)")
+    config.addinivalue_line("markers", "faults: suites that inject faults (network, clock, disk, sensor noise)")
     config.addinivalue_line("markers", "perf: performance suites (latency, cold start, memory, throughput)")
     config.addinivalue_line("markers", "accuracy: accuracy suites (outputs vs reference, top-1, int8 vs fp32)")
     path = _inventory_path(config)
@@ -232,8 +247,8 @@ def hil_inventory(request: pytest.FixtureRequest) -> Inventory:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     report = yield
-    if call.excinfo is not None and call.excinfo.errisinstance(PrivilegeUnavailable):
-        # Needs root where hil cannot become root: not attempted, so a skip with the reason.
+    if call.excinfo is not None and call.excinfo.errisinstance(CapabilityMissing):
+        # The device cannot take it (no root, no iptables...): not attempted, so a skip with the reason.
         report.outcome = "skipped"
         report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {call.excinfo.value}")
         return report
@@ -256,8 +271,27 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
     session = config.stash.get(_SESSION_KEY, None)
-    if session is None or not session.broken:
+    if session is None:
         return
-    terminalreporter.section("hil: devices out of this run (infrastructure, not product failures)")
-    for name, reason in sorted(session.broken.items()):
-        terminalreporter.write_line(f"{name}: {reason}")
+    if session.swept:
+        terminalreporter.section("hil: faults an earlier run left applied, undone before testing")
+        for name, entries in sorted(session.swept.items()):
+            for entry in entries:
+                terminalreporter.write_line(f"{name}: {entry}")
+    if session.broken:
+        terminalreporter.section("hil: devices out of this run (infrastructure, not product failures)")
+        for name, reason in sorted(session.broken.items()):
+            terminalreporter.write_line(f"{name}: {reason}")
+
+
+@pytest.fixture
+def faults(request: pytest.FixtureRequest) -> Iterator[FaultInjector]:
+    """Inject faults on devices: `with faults.network_drop(device): ...`. Every fault is undone when its
+    block ends, and at the latest when the test ends; each is recorded in the report."""
+    injector = FaultInjector(_session(request.config).run_id)
+    try:
+        yield injector
+    finally:
+        injector.close()
+        for i, event in enumerate(injector.events):
+            request.node.user_properties.append((f"hil.fault.{i}", json.dumps(asdict(event), sort_keys=True)))

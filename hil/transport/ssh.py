@@ -44,7 +44,7 @@ _SERVER_SOURCE = (Path(__file__).parent / "cmdserver.py").read_text()
 _SERVER_BOOT = ("import sys, base64; "
                 "exec(compile(base64.b64decode(sys.stdin.buffer.readline()), 'hil-command-server', 'exec'))")
 # How long past a command's own timeout we wait for the device to report the kill.
-ANSWER_GRACE = 5.0
+ANSWER_GRACE = 2.0
 SERVER_START_TIMEOUT = 10.0
 
 

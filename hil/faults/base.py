@@ -1,0 +1,148 @@
+"""What every fault does: check the device can take it, ledger first, dead-man, apply, always undo."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shlex
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+from hil.deadline import Deadline
+from hil.device import Device
+from hil.errors import CapabilityMissing, InfraError
+from hil.faults import ledger
+from hil.faults.ledger import FaultRecord
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_SECONDS = 300.0
+APPLY_SETTLE = 0.5  # seconds: a detached apply has run by then
+
+
+@dataclass
+class FaultEvent:
+    """What the report shows of one fault: what, when, with which parameters and seed."""
+
+    id: str
+    kind: str
+    device: str
+    params: dict[str, Any]
+    seed: int | None
+    applied_at: str = ""
+    reverted_at: str = ""
+    reverted_by: str = ""  # "ssh", "serial", "dead-man" or "" while applied
+    notes: list[str] = field(default_factory=list)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class Fault:
+    """A context manager: entering applies the fault, leaving (normally, on error, on Ctrl-C) undoes it."""
+
+    kind = "fault"
+    cuts_network = False  # may cut hil off the device: arm a dead-man and prefer the serial console to undo
+
+    def __init__(self, device: Device, *, max_seconds: float = DEFAULT_MAX_SECONDS, seed: int | None = None,
+                 run_id: str = "", params: dict[str, Any] | None = None) -> None:
+        self.device = device
+        self.max_seconds = max_seconds
+        self.seed = seed
+        self.run_id = run_id
+        self.id = f"{self.kind}-{secrets.token_hex(4)}"
+        self.params = params or {}
+        self.record: FaultRecord | None = None
+        self.event = FaultEvent(self.id, self.kind, device.name, self.params, seed)
+
+    # -- what a fault defines -----------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise CapabilityMissing when the device cannot take this fault."""
+
+    def apply_script(self) -> str:
+        raise NotImplementedError
+
+    def undo_script(self) -> str:
+        raise NotImplementedError
+
+    needs_root = True
+
+    # -- shared -------------------------------------------------------------------------------
+
+    def require_tool(self, tool: str, package: str) -> None:
+        found = self.device.run(f"command -v {tool} || PATH=$PATH:/usr/sbin:/sbin command -v {tool}", timeout=15)
+        if not found.ok:
+            raise CapabilityMissing(f"device '{self.device.name}': a {self.kind} fault needs `{tool}` "
+                                    f"(package {package}) on the device")
+
+    def __enter__(self) -> Fault:
+        self.check()  # may find out how the fault is applied, and whether that needs root
+        if self.needs_root:
+            self.device.require_root(f"a {self.kind} fault")
+        self.record = FaultRecord(self.id, self.kind, self.params, _now(), self.max_seconds if self.cuts_network
+                                  else None, self.run_id, self.seed)
+        ledger.record(self.device, self.record, self.undo_script())
+        if self.cuts_network:
+            pid = ledger.arm_deadman(self.device, self.record, self.max_seconds)
+            self.record = FaultRecord(**{**self.record.__dict__, "deadman_pid": pid})
+            ledger.record(self.device, self.record, self.undo_script())
+        try:
+            self._apply()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        self.event.applied_at = _now()
+        log.info("%s: fault %s applied %s", self.device.name, self.id, self.params)
+        return self
+
+    def _apply(self) -> None:
+        # Detached on the device for faults that cut the network: the command itself may lose its answer.
+        script = self.apply_script()
+        if self.cuts_network:
+            # A moment later, so this command's own answer still gets out before the network goes.
+            detached = f"setsid /bin/sh -c {shlex.quote('sleep 0.2; ' + script)} >/dev/null 2>&1 < /dev/null &"
+            self.device.run(detached, timeout=15, check=True, root=self.needs_root)
+            time.sleep(APPLY_SETTLE)
+        else:
+            self.device.run(script, timeout=60, check=True, root=self.needs_root)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.record is None or self.event.reverted_at:
+            return
+        self.event.reverted_by = self._revert()
+        self.event.reverted_at = _now()
+        self.device.forget_facts()  # a clock or a disk fault changed what facts say
+        log.info("%s: fault %s reverted (%s)", self.device.name, self.id, self.event.reverted_by)
+
+    def _revert(self) -> str:
+        assert self.record is not None
+        if self.cuts_network and self.device.config.serial is not None:
+            try:
+                ledger.revert_over_serial(self.device, self.record)
+                self.device.ssh.close()  # the session may have died during the fault; start afresh
+                return "serial"
+            except InfraError as exc:
+                log.warning("%s: undo over serial failed (%s); trying SSH", self.device.name, exc)
+        try:
+            ledger.revert(self.device, self.record, timeout=10)
+            return "ssh"
+        except InfraError:
+            if not self.cuts_network:
+                raise
+        # No way in: the dead-man on the device undoes it when its time is up. Wait for that.
+        deadline = Deadline.after(self.max_seconds + 30)
+        while True:
+            self.device.ssh.close()
+            try:
+                ledger.revert(self.device, self.record, timeout=10)  # a no-op if the dead-man was first
+                return "dead-man"
+            except InfraError:
+                if deadline.expired:
+                    raise
+                deadline.sleep(1.0)

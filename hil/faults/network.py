@@ -1,0 +1,143 @@
+"""Network faults, applied on the device itself (iptables, tc), so real and emulated devices are alike.
+
+Only rules tagged with the fault's id are ever added or removed; loopback is never touched. This
+kernel has no netem: loss uses iptables' `statistic` match, a bandwidth cap `tbf` on egress and a
+`hashlimit` drop on ingress.
+"""
+
+from __future__ import annotations
+
+from hil.device import Device
+from hil.faults.base import DEFAULT_MAX_SECONDS, Fault
+
+IPT = "iptables -w"
+
+
+def _rules(tag: str, match: str) -> list[tuple[str, str]]:
+    """(chain, rule) pairs: everything but loopback, in and out."""
+    comment = f"-m comment --comment {tag}"
+    return [("INPUT", f"! -i lo {match} {comment} -j DROP"), ("OUTPUT", f"! -o lo {match} {comment} -j DROP")]
+
+
+def _insert(rules: list[tuple[str, str]]) -> str:
+    return "; ".join(f"{IPT} -I {chain} 1 {rule}" for chain, rule in rules) + "; true"
+
+
+def _delete(rules: list[tuple[str, str]]) -> str:
+    # Idempotent: delete every copy, succeed when there is none.
+    return "; ".join(f"while {IPT} -D {chain} {rule} 2>/dev/null; do :; done" for chain, rule in rules) + "; true"
+
+
+class _IptablesFault(Fault):
+    match = ""
+
+    def check(self) -> None:
+        self.require_tool("iptables", "iptables")
+
+    def _rules(self) -> list[tuple[str, str]]:
+        return _rules(f"hil-fault:{self.id}", self.match)
+
+    def apply_script(self) -> str:
+        return _insert(self._rules())
+
+    def undo_script(self) -> str:
+        return _delete(self._rules())
+
+
+class NetworkDrop(_IptablesFault):
+    """The device unreachable over the network (the serial console still works)."""
+
+    kind = "network_drop"
+    cuts_network = True
+
+
+class PacketLoss(_IptablesFault):
+    """Random loss of `rate` (0..1) of the packets in each direction."""
+
+    kind = "packet_loss"
+    cuts_network = True  # at high rates hil may lose the device: keep the dead-man
+
+    def __init__(self, device: Device, rate: float, **kwargs: object) -> None:
+        if not 0 < rate < 1:
+            raise ValueError(f"packet loss rate must be between 0 and 1, got {rate}")
+        super().__init__(device, params={"rate": rate}, **kwargs)  # type: ignore[arg-type]
+        self.match = f"-m statistic --mode random --probability {rate:.6f}"
+
+
+class BandwidthCap(Fault):
+    """At most `kbit` kbit/s each way: tbf on egress, a hashlimit drop on ingress."""
+
+    kind = "bandwidth_cap"
+    cuts_network = True
+
+    def __init__(self, device: Device, kbit: int, **kwargs: object) -> None:
+        if kbit < 8:
+            raise ValueError(f"bandwidth cap must be at least 8 kbit/s, got {kbit}")
+        super().__init__(device, params={"kbit": kbit}, **kwargs)  # type: ignore[arg-type]
+        self.kbit = kbit
+        self.interface = ""
+
+    def check(self) -> None:
+        self.require_tool("iptables", "iptables")
+        self.require_tool("tc", "iproute2")
+        # The interface hil's own traffic uses: the one towards the SSH client's address.
+        found = self.device.run("ip route get ${SSH_CONNECTION%% *} | sed -n 's/.* dev \\([^ ]*\\).*/\\1/p' | head -1",
+                                timeout=15)
+        self.interface = found.stdout.strip() or "eth0"
+        self.params["interface"] = self.interface
+
+    def _ingress(self) -> list[tuple[str, str]]:
+        kbytes = max(1, self.kbit // 8)
+        match = (f"-m hashlimit --hashlimit-above {kbytes}kb/s --hashlimit-burst {kbytes * 2}kb "
+                 f"--hashlimit-name hil{self.id.split('-')[-1]}")
+        return [("INPUT", f"-i {self.interface} {match} -m comment --comment hil-fault:{self.id} -j DROP")]
+
+    def apply_script(self) -> str:
+        return (f"tc qdisc replace dev {self.interface} root tbf rate {self.kbit}kbit burst 32kbit latency 400ms; "
+                + _insert(self._ingress()))
+
+    def undo_script(self) -> str:
+        return f"tc qdisc del dev {self.interface} root 2>/dev/null; " + _delete(self._ingress())
+
+
+class Flapping(_IptablesFault):
+    """Down for `down_s`, up for `up_s`, `cycles` times, driven by a loop on the device."""
+
+    kind = "flapping"
+    cuts_network = True
+
+    def __init__(self, device: Device, down_s: float, up_s: float, cycles: int, **kwargs: object) -> None:
+        kwargs.setdefault("max_seconds", (down_s + up_s) * cycles + 30)
+        super().__init__(device, params={"down_s": down_s, "up_s": up_s, "cycles": cycles}, **kwargs)  # type: ignore[arg-type]
+        self.down_s, self.up_s, self.cycles = down_s, up_s, cycles
+
+    def apply_script(self) -> str:
+        loop = (f"i=0; while [ $i -lt {self.cycles} ]; do {_insert(self._rules())}; sleep {self.down_s:g}; "
+                f"{_delete(self._rules())}; sleep {self.up_s:g}; i=$((i+1)); done")
+        return f"echo $$ > /tmp/hil-{self.id}.pid; {loop}; rm -f /tmp/hil-{self.id}.pid"
+
+    def undo_script(self) -> str:
+        return (f"[ -r /tmp/hil-{self.id}.pid ] && kill $(cat /tmp/hil-{self.id}.pid) 2>/dev/null; "
+                f"rm -f /tmp/hil-{self.id}.pid; " + _delete(self._rules()))
+
+
+def network_drop(device: Device, *, max_seconds: float = DEFAULT_MAX_SECONDS, **kwargs: object) -> NetworkDrop:
+    """Cut the device off the network until the block ends (or the dead-man fires after max_seconds)."""
+    return NetworkDrop(device, max_seconds=max_seconds, **kwargs)  # type: ignore[arg-type]
+
+
+def partition(device: Device, seconds: float, **kwargs: object) -> NetworkDrop:
+    """Cut the device off for `seconds`: the device heals itself then, even in the middle of the block."""
+    return NetworkDrop(device, max_seconds=seconds, params={"seconds": seconds}, **kwargs)  # type: ignore[arg-type]
+
+
+def packet_loss(device: Device, rate: float, **kwargs: object) -> PacketLoss:
+    return PacketLoss(device, rate, **kwargs)
+
+
+def bandwidth_cap(device: Device, kbit: int, **kwargs: object) -> BandwidthCap:
+    return BandwidthCap(device, kbit, **kwargs)
+
+
+def flapping(device: Device, down_s: float, up_s: float, cycles: int, **kwargs: object) -> Flapping:
+    return Flapping(device, down_s, up_s, cycles, **kwargs)

@@ -1,0 +1,178 @@
+"""Faults on the emulated test lab: applied for real, always undone, and never touching anything else."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from fixtures.synthetic import DEMO_SIGNING_KEY, make_artifact
+from hil import faults
+from hil.artifacts import load_artifact, load_public_key
+from hil.config import BecomeConfig
+from hil.deploy import deploy
+from hil.device import Device
+from hil.errors import CapabilityMissing, InfraError
+from hil.lab import EmulatedLab
+
+pytestmark = pytest.mark.usefixtures("lab")
+TRUSTED = [load_public_key(DEMO_SIGNING_KEY.with_suffix(".pub"))]
+
+
+def _host_rules() -> str:
+    return subprocess.run(["iptables", "-S"], capture_output=True, text=True, check=True).stdout
+
+
+def _device_rules(device: Device) -> str:
+    return device.run("iptables -S; tc qdisc show", timeout=15, root=True).stdout
+
+
+def _clean(device: Device) -> None:
+    rules = _device_rules(device)
+    assert "hil-fault" not in rules and "tbf" not in rules, rules
+    assert faults.pending(device) == []
+
+
+def test_network_drop_cuts_the_device_off_and_comes_back(device_a: Device, device_b: Device) -> None:
+    host_before, b_before = _host_rules(), _device_rules(device_b)
+    with faults.network_drop(device_a, max_seconds=60) as fault:
+        started = time.monotonic()
+        with pytest.raises(InfraError):
+            device_a.run("true", timeout=1)
+        assert time.monotonic() - started < 5  # fails fast, never hangs
+        assert "hil-fault" in device_a.console("iptables -S", timeout=10).stdout  # the console still works
+        assert device_b.run("hostname", timeout=10).stdout == "emu-b\n"  # the other device is untouched
+        assert _host_rules() == host_before and _device_rules(device_b) == b_before  # and so is the host
+    assert fault.event.reverted_by == "serial" and fault.event.reverted_at
+    assert device_a.run("hostname", timeout=15).stdout == "emu-a\n"
+    _clean(device_a)
+
+
+def test_partition_heals_itself_after_its_duration(device_a: Device) -> None:
+    with faults.partition(device_a, seconds=2):
+        time.sleep(4)  # the device's own dead-man undid it meanwhile
+        assert device_a.run("echo back", timeout=10).stdout == "back\n"
+    _clean(device_a)
+
+
+def test_packet_loss_during_deploy_still_completes_and_verifies(device_a: Device, tmp_path: Path) -> None:
+    artifact = load_artifact(make_artifact(tmp_path / "lossy", name="lossy", padding_floats=2**19))  # 2 MiB
+    device_a.run(f"rm -rf {device_a.workdir}/models/lossy", timeout=30, check=True)
+    with faults.packet_loss(device_a, 0.2, max_seconds=120) as fault:
+        assert "statistic" in device_a.console("iptables -S", timeout=10).stdout
+        result = deploy(device_a, artifact, TRUSTED, timeout=90)
+    assert result.sha256 == artifact.manifest.sha256 and fault.event.params == {"rate": 0.2}
+    assert device_a.run(f"sha256sum {result.model_path}", timeout=30).stdout.split()[0] == artifact.manifest.sha256
+    _clean(device_a)
+
+
+def test_bandwidth_cap_slows_an_upload(device_a: Device, tmp_path: Path) -> None:
+    artifact = load_artifact(make_artifact(tmp_path / "slow", name="slow", padding_floats=2**18))  # 1 MiB
+    device_a.run(f"rm -rf {device_a.workdir}/models/slow", timeout=30, check=True)
+    with faults.bandwidth_cap(device_a, kbit=2000, max_seconds=120):
+        result = deploy(device_a, artifact, TRUSTED, timeout=90)
+    # Unthrottled, 1 MiB takes ~10 ms here. Ingress is capped by dropping packets over the rate (no netem or
+    # ingress shaping on this kernel), which TCP turns into roughly the cap, not exactly it: ~1.5 s for 1 MiB.
+    assert result.upload_seconds > 0.8, f"{result.upload_seconds:.2f} s: the cap did not bite"
+    _clean(device_a)
+
+
+def test_clock_step_and_drift_move_only_the_wall_clock(device_a: Device) -> None:
+    with faults.clock_step(device_a, 3600):
+        assert device_a.clock_offset().offset == pytest.approx(3600, abs=1)
+        assert device_a.facts().clock.offset == pytest.approx(3600, abs=1)  # facts see it too
+    assert abs(device_a.clock_offset().offset) < 1
+    code = ("import time; w, m = time.time(), time.monotonic(); time.sleep(1.0); "
+            "print(time.time() - w, time.monotonic() - m)")
+    with faults.clock_drift(device_a, factor=2.0):
+        wall, mono = (float(x) for x in device_a.run(f'python3 -c "{code}"', timeout=20).stdout.split())
+    assert wall == pytest.approx(2.0, rel=0.15) and mono == pytest.approx(1.0, rel=0.15)
+    _clean(device_a)
+
+
+def test_disk_fill_leaves_exactly_what_was_asked(device_b: Device) -> None:
+    def free() -> int:
+        return int(device_b.run(f"df -B1 --output=avail {device_b.workdir} | tail -1", timeout=15).stdout)
+
+    before = free()
+    with faults.disk_fill(device_b, leave_bytes=2**20):
+        assert abs(free() - 2**20) <= 64 * 1024
+        assert device_b.run(f"head -c 4194304 /dev/zero > {device_b.workdir}/big", timeout=30).exit_status != 0
+    device_b.run(f"rm -f {device_b.workdir}/big", timeout=15)
+    assert abs(free() - before) <= 64 * 1024
+    _clean(device_b)
+
+
+def test_a_device_that_cannot_take_a_fault_says_why(device_a: Device) -> None:
+    # Logged in as root here, so make one that may not become root: it must refuse, not half-apply.
+    no_root = Device(dataclasses.replace(device_a.config, become=BecomeConfig("none")))
+    no_root._login = (1000, "/home/nobody")  # as if logged in as an ordinary user
+    with pytest.raises(CapabilityMissing, match="network_drop fault needs root"), faults.network_drop(no_root):
+        pass
+    _clean(device_a)
+
+
+# -- reliability: the host dies while a fault is applied ------------------------------------------
+
+
+APPLY_AND_HANG = """
+import sys, time
+from hil.config import load_inventory
+from hil.device import Device
+from hil import faults
+device = Device(load_inventory(sys.argv[1]).get("emu-a"))
+fault = {kind}
+fault.__enter__()
+print("applied", flush=True)
+time.sleep(600)
+"""
+
+
+def _killed_while_applied(lab: EmulatedLab, fault_expr: str) -> None:
+    script = textwrap.dedent(APPLY_AND_HANG.format(kind=fault_expr))
+    proc = subprocess.Popen([sys.executable, "-c", script, str(lab.inventory.path)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "applied"
+    finally:
+        proc.kill()  # SIGKILL: no __exit__, no finally, nothing
+        proc.wait()
+
+
+def test_sigkill_during_a_network_drop_the_dead_man_restores(lab: EmulatedLab, device_a: Device) -> None:
+    _killed_while_applied(lab, "faults.network_drop(device, max_seconds=3)")
+    time.sleep(4.5)
+    assert device_a.run("echo restored", timeout=10).stdout == "restored\n"
+    _clean(device_a)
+
+
+@pytest.mark.parametrize("fault_expr, check", [
+    ("faults.disk_fill(device, leave_bytes=4 * 2**20)", "ls /var/lib/hil/.hil/ | grep -c fill- || true"),
+    ("faults.clock_step(device, -86400)", "cat $FAKETIME_TIMESTAMP_FILE"),
+])
+def test_sigkill_leaves_it_for_the_next_runs_sweep(lab: EmulatedLab, device_a: Device, fault_expr: str,
+                                                   check: str) -> None:
+    before = device_a.run(check, timeout=10).stdout
+    _killed_while_applied(lab, fault_expr)
+    assert device_a.run(check, timeout=10).stdout != before  # still applied: nobody undid it
+    [left] = faults.pending(device_a)
+    assert faults.sweep(device_a)[0].id == left.id
+    assert device_a.run(check, timeout=10).stdout == before
+    _clean(device_a)
+
+
+def test_a_run_undoes_what_a_crashed_run_left_and_says_so(lab: EmulatedLab, device_a: Device,
+                                                          pytester: pytest.Pytester) -> None:
+    _killed_while_applied(lab, "faults.disk_fill(device, leave_bytes=8 * 2**20)")
+    assert faults.pending(device_a)
+    pytester.makepyfile(test_x="def test_x(device):\n    assert device.name\n")
+    result = pytester.runpytest("--hil-devices", str(lab.inventory.path), "--hil-device", "emu-a")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*faults an earlier run left applied, undone before testing*",
+                                 "emu-a: disk_fill*"])
+    _clean(device_a)
