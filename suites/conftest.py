@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from hil.artifacts import Artifact, init_manifest, load_artifact, load_private_key, sign
 from hil.budgets import (
     BudgetExceeded,
     BudgetSpec,
@@ -309,3 +311,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+# -- another release of a model (deploy, rollback, full-disk suites) --------------------------------
+
+DEMO_KEY = Path(__file__).resolve().parents[1] / "fixtures" / "keys" / "demo-ed25519.pem"
+
+
+def _another_release(artifact: Artifact, directory: Path, version: str) -> Artifact:
+    """The same model as another release: new bytes (a metadata note), a new version, signed with the DEMO
+    key (the default lab trusts it; a real lab's suites would take a release from its pipeline)."""
+    import onnx
+
+    shutil.copytree(artifact.directory, directory)
+    model = onnx.load(str(directory / "model.onnx"))
+    onnx.helper.set_model_props(model, {"hil.release": version})
+    onnx.save(model, str(directory / "model.onnx"))
+    manifest = artifact.manifest
+    init_manifest(directory, manifest.name, version, manifest.providers, manifest.budgets)
+    sign(directory, load_private_key(DEMO_KEY))
+    return load_artifact(directory)
+
+
+@pytest.fixture
+def another_release() -> Callable[[Artifact, Path, str], Artifact]:
+    """make(artifact, directory, version): another signed release of the same model."""
+    return _another_release

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import shlex
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from hil.artifacts import Artifact, init_manifest, load_artifact, load_private_key, sign
+from hil.artifacts import Artifact, load_artifact
 from hil.config import Inventory
 from hil.deploy import DeployedModel, deploy, rollback, trusted_keys
 from hil.errors import ArtifactRejected
 
-DEMO_KEY = Path(__file__).resolve().parents[1] / "fixtures" / "keys" / "demo-ed25519.pem"
+Release = Callable[[Artifact, Path, str], Artifact]
 
 
 def _session_io(deployed: DeployedModel) -> tuple[list[str], list[str]]:
@@ -41,25 +42,11 @@ def test_redeploy_sends_nothing(deployed_model: DeployedModel, hil_inventory: In
     assert again.already_active and again.transferred_bytes == 0
 
 
-def _variant(artifact: Artifact, directory: Path, version: str) -> Artifact:
-    """The same model as another release: new bytes (a metadata note), new version, signed with the demo key."""
-    import onnx
-
-    shutil.copytree(artifact.directory, directory)
-    model = onnx.load(str(directory / "model.onnx"))
-    onnx.helper.set_model_props(model, {"hil.release": version})
-    onnx.save(model, str(directory / "model.onnx"))
-    manifest = artifact.manifest
-    init_manifest(directory, manifest.name, version, manifest.providers, manifest.budgets)
-    sign(directory, load_private_key(DEMO_KEY))
-    return load_artifact(directory)
-
-
 def test_rollback_restores_the_previous_version(deployed_model: DeployedModel, tmp_path: Path,
-                                                hil_inventory: Inventory) -> None:
+                                                hil_inventory: Inventory, another_release: Release) -> None:
     device, original = deployed_model.device, deployed_model.artifact
     keys = trusted_keys(hil_inventory.deploy)
-    newer = _variant(original, tmp_path / "newer", f"{original.manifest.version}-next")
+    newer = another_release(original, tmp_path / "newer", f"{original.manifest.version}-next")
     try:
         assert deploy(device, newer, keys).sha256 == newer.manifest.sha256
         record = rollback(device, original.manifest.name)
