@@ -217,7 +217,7 @@ def cmd_faults(args: argparse.Namespace, inventory: Inventory) -> int:
     from hil.faults import pending, sweep
 
     device = _device(inventory, args.name)
-    records = sweep(device) if args.faults_command == "clear" else pending(device)
+    records = sweep(device, spare_live_runs=False) if args.faults_command == "clear" else pending(device)
     device.close()
     verb = "undone" if args.faults_command == "clear" else "applied"
     if not records:

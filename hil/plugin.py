@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +19,7 @@ from hil.deploy import DeployedModel, deploy, trusted_keys
 from hil.device import Device
 from hil.errors import CapabilityMissing, ConfigError, DeviceUnhealthy, HilError, InfraError, TransportError
 from hil.faults.injector import FaultInjector
+from hil.faults.ledger import run_id as fault_run_id
 from hil.faults.ledger import sweep as sweep_faults
 
 log = logging.getLogger(__name__)
@@ -58,7 +56,7 @@ class HilSession:
     lab_checked: bool = False
     lab_error: HilError | None = None
     swept: dict[str, list[str]] = field(default_factory=dict)  # faults an earlier run left, undone at start
-    run_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}")
+    run_id: str = field(default_factory=fault_run_id)
 
     def acquire(self, name: str) -> Device:
         if name in self.broken:

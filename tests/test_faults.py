@@ -176,3 +176,18 @@ def test_a_run_undoes_what_a_crashed_run_left_and_says_so(lab: EmulatedLab, devi
     result.stdout.fnmatch_lines(["*faults an earlier run left applied, undone before testing*",
                                  "emu-a: disk_fill*"])
     _clean(device_a)
+
+
+def test_a_sweep_spares_the_faults_of_a_run_that_is_still_alive(lab: EmulatedLab, device_a: Device) -> None:
+    sweep_elsewhere = ("import sys; from hil.config import load_inventory; from hil.device import Device; "
+                       "from hil import faults; d = Device(load_inventory(sys.argv[1]).get('emu-a')); "
+                       "print(len(faults.sweep(d)))")
+    with faults.disk_fill(device_a, leave_bytes=16 * 2**20) as fault:
+        other = subprocess.run([sys.executable, "-c", sweep_elsewhere, str(lab.inventory.path)],
+                               capture_output=True, text=True, timeout=60)
+        assert other.stdout.strip() == "0", other.stderr  # another run's start must not undo a live fault
+        assert [r.id for r in faults.pending(device_a)] == [fault.id]
+        cleared = subprocess.run([sys.executable, "-m", "hil.cli", "--devices", str(lab.inventory.path), "faults",
+                                  "clear", "emu-a"], capture_output=True, text=True, timeout=60)
+        assert cleared.returncode == 0 and fault.id in cleared.stdout  # but an explicit clear does
+    _clean(device_a)

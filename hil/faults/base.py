@@ -49,11 +49,11 @@ class Fault:
     cuts_network = False  # may cut hil off the device: arm a dead-man and prefer the serial console to undo
 
     def __init__(self, device: Device, *, max_seconds: float = DEFAULT_MAX_SECONDS, seed: int | None = None,
-                 run_id: str = "", params: dict[str, Any] | None = None) -> None:
+                 run_id: str | None = None, params: dict[str, Any] | None = None) -> None:
         self.device = device
         self.max_seconds = max_seconds
         self.seed = seed
-        self.run_id = run_id
+        self.run_id = run_id or ledger.run_id()
         self.id = f"{self.kind}-{secrets.token_hex(4)}"
         self.params = params or {}
         self.record: FaultRecord | None = None

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
+import socket
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -100,9 +103,33 @@ def pending(device: Device) -> list[FaultRecord]:
     return records
 
 
-def sweep(device: Device) -> list[FaultRecord]:
-    """Undo everything an earlier (crashed) run left applied; returns what was undone."""
-    left = pending(device)
+def run_id() -> str:
+    """Who applies faults: host, pid and start time, so a later sweep can tell a live run from a dead one."""
+    return f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
+
+
+def _live_here(rec: FaultRecord) -> bool:
+    """The run that applied it is a process still alive on this host (then it is not left over)."""
+    host, _, rest = rec.run_id.rpartition("-")[0].rpartition("-")
+    if host != socket.gethostname() or not rest.isdigit() or int(rest) == os.getpid():
+        return False
+    try:
+        os.kill(int(rest), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep(device: Device, *, spare_live_runs: bool = True) -> list[FaultRecord]:
+    """Undo everything an earlier (crashed) run left applied; returns what was undone.
+
+    A fault whose run is still alive on this host is spared: two runs on one lab must not undo each
+    other's faults. (Runs on other hosts cannot be told apart here; leases keep them off a device
+    another run holds.) `hil faults clear` passes spare_live_runs=False: undo it all.
+    """
+    left = [r for r in pending(device) if not (spare_live_runs and _live_here(r))]
     for rec in left:
         log.warning("%s: undoing fault %s (%s, applied %s by run %s) left by an earlier run",
                     device.name, rec.id, rec.kind, rec.applied_at, rec.run_id or "?")
