@@ -31,7 +31,7 @@ _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,62}")
 # The first onnxruntime release that runs each ONNX opset (from onnxruntime's compatibility table).
 OPSET_MIN_ORT = {17: "1.13", 18: "1.14", 19: "1.16", 20: "1.17", 21: "1.20", 22: "1.20", 23: "1.22"}
 BUDGET_KEYS = {"latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "cold_start_ms",
-               "memory_mib", "accuracy_top1", "throughput_ips"}
+               "memory_mib", "accuracy_top1", "throughput_ips", "accuracy_top1_at_20db_snr"}
 
 
 @dataclass(frozen=True)

@@ -277,7 +277,7 @@ def assert_budget(measurement: Measurement, context: Context | None = None) -> M
 
 # Keys whose limit is a ceiling (lower is stricter) and a floor (higher is stricter).
 _CEILINGS = ("latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "cold_start_ms", "memory_mib")
-_FLOORS = ("accuracy_top1", "throughput_ips")
+_FLOORS = ("accuracy_top1", "throughput_ips", "accuracy_top1_at_20db_snr")
 _PERCENTILE_KEYS = {50.0: "latency_p50_ms", 90.0: "latency_p90_ms", 95.0: "latency_p95_ms", 99.0: "latency_p99_ms"}
 
 
@@ -296,6 +296,7 @@ class BudgetSpec:
     memory_mib: float | None = None
     accuracy_top1: float | None = None
     throughput_ips: float | None = None
+    accuracy_top1_at_20db_snr: float | None = None  # robustness: top-1 with Gaussian sensor noise at 20 dB SNR
     sources: tuple[tuple[str, str], ...] = ()
 
     KEYS = _CEILINGS + _FLOORS
