@@ -19,6 +19,21 @@ from pathlib import Path
 
 CHILD_WAIT = 5.0
 
+# PID 1 of the device: runs sshd as its child and reaps every orphan (a detached job that ends, say),
+# as a real init does; SIGTERM (the device's `hil-reboot`) takes sshd and so the device down.
+PID1 = """
+import os, signal, subprocess, sys
+sshd = subprocess.Popen(sys.argv[1:])
+signal.signal(signal.SIGTERM, lambda *_: sshd.terminate())
+while True:
+    try:
+        pid, _ = os.wait()
+    except ChildProcessError:
+        break
+    if pid == sshd.pid:
+        break
+"""
+
 
 def _children(pid: int) -> list[int]:
     try:
@@ -47,7 +62,7 @@ def _stop(proc: subprocess.Popen[bytes] | None) -> None:
 
 def boot(config: dict[str, object]) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes] | None]:
     sshd = subprocess.Popen(
-        ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc",
+        ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", sys.executable, "-c", PID1,
          str(config["sshd"]), "-D", "-f", str(config["sshd_config"]), "-E", str(config["sshd_log"])],
         stdin=subprocess.DEVNULL)
     console = None
