@@ -13,15 +13,20 @@ kernel's OOM killer writes nothing; the host classifies that from the exit statu
 
 Modes: "latency" (cold start, warm-up, timed loop), "eval" (run an input set, save all outputs),
 "sweep" (throughput per batch size), "overhead" (the timed loop around a no-op, to measure the
-loop itself).
+loop itself), "stream" (the long-running job: a replayed feed, inferred continuously, results and
+status in files; started detached by hil/runner/stream.py).
 """
 
+import collections
+import contextlib
+import errno
 import gc
 import glob
 import json
 import os
 import platform
 import resource
+import signal
 import sys
 import tempfile
 import threading
@@ -872,7 +877,423 @@ def sweep_point(session, config, spec, batch):
             "stop": state.reason}
 
 
-MODES = {"latency": run_latency, "eval": run_eval, "sweep": run_sweep, "overhead": run_overhead}
+# -- stream: the long-running inference job ---------------------------------------------------------
+#
+# Started detached (setsid nohup ... &) by hil/runner/stream.py, so it outlives hil's SSH session.
+# Everything it has to say goes to files in its directory (stream.dir):
+#   results.jsonl  one JSON line per inference, appended, never rewritten:
+#                  {"seq", "frame", "t_mono_ns", "t_wall", "latency_ms", "top1", "score"}
+#   status.json    replaced atomically every status_interval_s, on each disk-full change and on exit
+# SIGTERM/SIGINT end it cleanly ("stopped"); SIGHUP is ignored.
+
+STREAM_STATUS = "status.json"
+STREAM_RESULTS = "results.jsonl"
+STATUS_SLOT_BYTES = 8192  # every status document is padded to this; allocated once, at start
+MAX_DROPPED_RANGES = 64  # status lists this many ranges of dropped seqs at most; the count covers all
+MAX_MESSAGE = 1000
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+NO_LINKS_ERRNOS = (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS, errno.EXDEV)
+SLEEP_SLICE_NS = 50 * NS_PER_MS  # pacing sleeps in slices, so SIGTERM and status ticks wait at most this
+
+
+def quiet_log(message):
+    """log(), for a job whose stderr file may sit on a full disk: a lost diagnostic must not end the job."""
+    try:
+        log(message)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def write_fully(fd, data, offset=None):
+    """os.write/os.pwrite until all of `data` is out; raises OSError as soon as one fails."""
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        n = os.write(fd, view[done:]) if offset is None else os.pwrite(fd, view[done:], offset + done)
+        if n <= 0:
+            raise OSError(errno.EIO, "write returned 0")
+        done += n
+
+
+class StatusFile:
+    """status.json, replaced atomically (a reader sees a whole old or a whole new document), even on a full disk.
+
+    Two slot files are filled at start. Each update rewrites in place the slot that status.json does
+    not point at (its pages already exist: no new space needed), then hard-links it and renames the
+    link over status.json. A plain temp-file-and-rename would need a fresh block, which a full disk
+    refuses, and the host would keep reading a stale "all is well". Where the filesystem has no hard
+    links, that plain way is the fallback.
+    """
+
+    def __init__(self, directory):
+        self.path = os.path.join(directory, STREAM_STATUS)
+        self.link = self.path + ".link"
+        self.slots = [os.path.join(directory, f".status.{i}") for i in (0, 1)]
+        self.fds = []
+        for slot in self.slots:
+            fd = os.open(slot, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            write_fully(fd, b" " * STATUS_SLOT_BYTES)
+            self.fds.append(fd)
+        self.current = 0
+        self.links = True
+
+    def write(self, doc, sync=False):
+        data = fit_status(doc)
+        if self.links:
+            try:
+                self._write_slot(data, sync)
+                return
+            except OSError as exc:
+                if exc.errno not in NO_LINKS_ERRNOS:
+                    raise
+                self.links = False
+        temp = self.path + ".tmp"
+        with open(temp, "wb") as f:
+            f.write(data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(temp, self.path)
+
+    def _write_slot(self, data, sync):
+        slot = 1 - self.current
+        write_fully(self.fds[slot], data, offset=0)
+        if sync:
+            os.fsync(self.fds[slot])
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.link)  # left over from a write interrupted between link and rename
+        os.link(self.slots[slot], self.link)
+        os.replace(self.link, self.path)
+        self.current = slot
+
+
+def fit_status(doc):
+    """The status as exactly STATUS_SLOT_BYTES of JSON padded with spaces; long lists and messages are cut."""
+    doc = dict(doc)
+    for _ in range(2):
+        data = json.dumps(doc, separators=(",", ":"), default=json_default).encode()
+        if len(data) < STATUS_SLOT_BYTES:
+            return data + b" " * (STATUS_SLOT_BYTES - 1 - len(data)) + b"\n"
+        doc["dropped"] = doc.get("dropped", [])[:8]
+        doc["dropped_truncated"] = True
+        doc["message"] = str(doc.get("message", ""))[:200]
+        doc["error"] = None if not doc.get("error") else {k: str(v)[:200] for k, v in doc["error"].items()}
+    raise RunnerFailure("runtime", "the stream status does not fit its slot", data[:200].decode(errors="replace"))
+
+
+class DroppedSeqs:
+    """Seqs whose results were never written, as inclusive [first, last] ranges (the first few) and a count."""
+
+    def __init__(self):
+        self.ranges = []
+        self.count = 0
+        self.truncated = False
+
+    def add(self, seq):
+        self.count += 1
+        if self.ranges and self.ranges[-1][1] == seq - 1:
+            self.ranges[-1][1] = seq
+        elif len(self.ranges) < MAX_DROPPED_RANGES:
+            self.ranges.append([seq, seq])
+        else:
+            self.truncated = True
+
+
+class ResultWriter:
+    """Appends result lines so that the file is always a prefix of the intended stream: never truncated or rewritten.
+
+    Each line goes out with one os.write. On a full disk a write may land in part: the rest of that
+    line, and the lines after it up to backlog_bytes, wait in memory in order and are retried on
+    each status tick; lines beyond the backlog are dropped and their seqs counted. When space comes
+    back the owed bytes complete the partial line first. So a reader sees whole lines in seq order,
+    plus at most one partial line at the end, which it must leave for later.
+    """
+
+    def __init__(self, path, fsync_every, backlog_bytes):
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.fsync_every = max(1, fsync_every)
+        self.backlog_bytes = backlog_bytes
+        self.pending = bytearray()  # bytes owed to the file, in order
+        self.pending_seqs = collections.deque()  # the seq of each line ending in `pending`
+        self.written = 0  # complete lines in the file
+        self.last_written_seq = None
+        self.unsynced = 0
+        self.disk_full = False
+        self.disk_full_events = 0
+        self.errors = 0
+        self.last_error = None
+        self.dropped = DroppedSeqs()
+
+    def add(self, seq, line):
+        if self.pending:  # already owing: keep the order, and retry on the tick rather than per frame
+            if len(self.pending) + len(line) > self.backlog_bytes:
+                self.dropped.add(seq)
+            else:
+                self.pending += line
+                self.pending_seqs.append(seq)
+            return
+        self.pending += line
+        self.pending_seqs.append(seq)
+        self.flush()
+
+    def flush(self):
+        """Write what is owed; True once nothing is."""
+        while self.pending:
+            try:
+                n = os.write(self.fd, self.pending)
+                if n <= 0:
+                    raise OSError(errno.EIO, "write returned 0")
+            except OSError as exc:
+                self._failed(exc)
+                return False
+            self._wrote(n)
+        if self.disk_full:
+            self.disk_full = False
+            quiet_log("stream: disk space is back; results are written again")
+        return True
+
+    def _wrote(self, n):
+        lines = self.pending.count(b"\n", 0, n)
+        for _ in range(lines):
+            self.last_written_seq = self.pending_seqs.popleft()
+        del self.pending[:n]
+        self.written += lines
+        self.unsynced += lines
+        if self.unsynced >= self.fsync_every:
+            self.sync()
+
+    def sync(self):
+        self.unsynced = 0
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            self._failed(exc)
+
+    def _failed(self, exc):
+        self.errors += 1
+        self.last_error = f"{exc.strerror or exc} (errno {exc.errno})"
+        if exc.errno in DISK_FULL_ERRNOS and not self.disk_full:
+            self.disk_full = True
+            self.disk_full_events += 1
+            quiet_log(f"stream: disk full; holding up to {self.backlog_bytes} bytes of results, dropping the rest")
+
+    def close(self):
+        self.flush()
+        self.sync()
+        os.close(self.fd)
+
+
+class FrameSource:
+    """The replayed sensor feed: rows of the npz input set, one frame (batch of 1) at a time."""
+
+    def __init__(self, np, session, spec):
+        data = load_npz(np, spec["npz"])
+        keys = input_keys(session, spec)
+        arrays = {m.name: npz_array(np, data, keys[m.name], m, spec["npz"]) for m in session.get_inputs()}
+        counts = {len(a) for a in arrays.values()}
+        if len(counts) != 1 or 0 in counts:
+            raise RunnerFailure("bad_input", f"inputs in {spec['npz']} are empty or of different lengths: "
+                                             f"{sorted(counts)}")
+        self.count = counts.pop()
+        self.arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+
+    def feed(self, frame):
+        return {name: a[frame:frame + 1] for name, a in self.arrays.items()}
+
+
+def scores_output(session, spec):
+    """The output top1/score come from: stream.scores_output, else "probabilities", else the first float output."""
+    outputs = session.get_outputs()
+    names = [o.name for o in outputs]
+    wanted = spec.get("scores_output")
+    if wanted:
+        if wanted not in names:
+            raise RunnerFailure("config", f"the model has no output {wanted!r} (outputs: {', '.join(names)})")
+        return wanted
+    if "probabilities" in names:
+        return "probabilities"
+    for o in outputs:
+        if "float" in o.type:
+            return o.name
+    return names[0]
+
+
+class StreamPlan:
+    """How the feed is replayed: frame rate, how many frames, looping, where to start."""
+
+    def __init__(self, spec):
+        self.fps = number(spec, "fps", None, float, 0)
+        if self.fps == 0:
+            raise RunnerFailure("config", "stream.fps must be > 0, or null for as fast as possible")
+        self.period_ns = int(1e9 / self.fps) if self.fps else 0
+        self.loop = bool(spec.get("loop", True))
+        self.offset = number(spec, "offset", 0, int, 0)
+        self.frames = number(spec, "frames", None, int, 0)  # None: until stopped
+        max_s = number(spec, "max_duration_s", None, float, 0)
+        self.max_ns = None if max_s is None else int(max_s * 1e9)
+        self.status_ns = int(number(spec, "status_interval_s", 0.5, float, 0.01) * 1e9)
+        self.count = 1
+
+    def bind(self, count):
+        """Fit the plan to the input set's `count` frames."""
+        if self.offset >= count:
+            raise RunnerFailure("bad_input", f"stream.offset {self.offset} is past the input set's {count} frames")
+        if not self.loop:  # one pass: at most to the end of the set
+            left = count - self.offset
+            self.frames = left if self.frames is None else min(self.frames, left)
+        self.count = count
+
+    def frame(self, seq):
+        return (self.offset + seq) % self.count
+
+
+class Stream:
+    """One streaming job: its files, its counters, and the status it publishes."""
+
+    def __init__(self, np, spec, directory):
+        self.np = np
+        self.spec = spec
+        self.directory = directory
+        self.status = StatusFile(directory)
+        self.writer = ResultWriter(os.path.join(directory, STREAM_RESULTS), number(spec, "fsync_every", 100, int, 1),
+                                   number(spec, "backlog_bytes", 65536, int, 0))
+        self.started_wall = time.time()
+        self.seq = 0  # the next result's seq
+        self.late_frames = 0
+        self.stop_signal = None
+        self.next_status_ns = 0
+        self.plan = None
+
+    def on_signal(self, signum, frame):
+        self.stop_signal = signum
+
+    def publish(self, state, message="", error=None, sync=False):
+        w = self.writer
+        doc = {"job": self.spec.get("job"), "pid": os.getpid(), "state": state, "message": message[:MAX_MESSAGE],
+               "error": error, "started_wall": self.started_wall, "updated_wall": time.time(),
+               "seq": self.seq, "last_seq": self.seq - 1 if self.seq else None,
+               "results_written": w.written, "last_written_seq": w.last_written_seq,
+               "errors": w.errors, "last_error": w.last_error, "disk_full": w.disk_full,
+               "disk_full_events": w.disk_full_events, "backlog_bytes": len(w.pending),
+               "dropped_count": w.dropped.count, "dropped": w.dropped.ranges,
+               "dropped_truncated": w.dropped.truncated, "late_frames": self.late_frames,
+               "fps": self.plan.fps if self.plan else None, "frames": self.plan.frames if self.plan else None}
+        try:
+            self.status.write(doc, sync=sync)
+        except OSError as exc:  # the job goes on; the host sees the status age instead
+            self.writer.errors += 1
+            self.writer.last_error = f"status: {exc.strerror or exc} (errno {exc.errno})"
+        self.next_status_ns = time.monotonic_ns() + (self.plan.status_ns if self.plan else 500 * NS_PER_MS)
+
+    def tick(self, now_ns):
+        if now_ns >= self.next_status_ns:
+            if self.writer.pending:
+                self.writer.flush()
+            self.publish("running")
+
+    def wait_until(self, due_ns):
+        while self.stop_signal is None:
+            now = time.monotonic_ns()
+            if now >= due_ns:
+                return
+            self.tick(now)
+            time.sleep(min(due_ns - now, SLEEP_SLICE_NS, max(0, self.next_status_ns - now)) / 1e9)
+
+    def run(self, session, source, plan):
+        """Infer frame after frame until done, stopped or failed; returns (state, message)."""
+        np = self.np
+        scores = [scores_output(session, self.spec)]
+        run = session.run
+        writer = self.writer
+        dumps = json.dumps
+        t0 = time.monotonic_ns()
+        due = t0
+        self.publish("running")
+        while True:
+            if self.stop_signal is not None:
+                return "stopped", f"stopped by signal {self.stop_signal}"
+            if plan.frames is not None and self.seq >= plan.frames:
+                return "finished", f"all {plan.frames} frames done"
+            if plan.max_ns is not None and time.monotonic_ns() - t0 >= plan.max_ns:
+                return "finished", f"max_duration_s reached after {self.seq} frames"
+            if plan.period_ns:
+                self.wait_until(due)
+                if self.stop_signal is not None:
+                    continue
+                now = time.monotonic_ns()
+                if now - due > plan.period_ns:  # behind by over a frame: re-anchor, never burst to catch up
+                    self.late_frames += 1
+                    due = now
+                due += plan.period_ns
+            frame = plan.frame(self.seq)
+            feed = source.feed(frame)
+            t_mono = time.monotonic_ns()
+            t_wall = time.time()
+            p0 = time.perf_counter_ns()
+            try:
+                out = run(scores, feed)[0]
+            except Exception as exc:
+                raise classify(exc, "runtime", f"inference failed on frame {frame} (seq {self.seq})") from None
+            p1 = time.perf_counter_ns()
+            row = np.asarray(out).reshape(-1)
+            top1 = int(row.argmax())
+            line = dumps({"seq": self.seq, "frame": frame, "t_mono_ns": t_mono, "t_wall": t_wall,
+                          "latency_ms": (p1 - p0) / NS_PER_MS, "top1": top1, "score": float(row[top1])},
+                         separators=(",", ":"))
+            was_full = writer.disk_full
+            writer.add(self.seq, (line + "\n").encode())
+            self.seq += 1
+            if writer.disk_full != was_full:
+                self.publish("running")  # the host should hear of a full disk now, not at the next tick
+            else:
+                self.tick(time.monotonic_ns())
+
+
+def detach():
+    """Belt and braces behind the host's setsid nohup: our own session, and a hang-up does not end us."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if os.getsid(0) != os.getpid():
+        with contextlib.suppress(OSError):  # fails for a process group leader: then the host's setsid did it
+            os.setsid()
+
+
+def run_stream(ort, np, config):
+    spec = config.get("stream") or {}
+    directory = spec.get("dir")
+    if not directory or not os.path.isdir(directory) or not spec.get("npz"):
+        raise RunnerFailure("config", "stream mode needs stream.dir (an existing directory) and stream.npz")
+    detach()
+    job = Stream(np, spec, directory)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, job.on_signal)
+    job.publish("starting")
+    try:
+        job.plan = StreamPlan(spec)  # config mistakes surface before the slow model load
+        session, _, _ = create_session(ort, config)
+        source = FrameSource(np, session, spec)
+        job.plan.bind(source.count)
+        state, message = job.run(session, source, job.plan)
+        error = None
+    except Exception as exc:
+        failure = classify(exc, "runtime", "the stream failed")
+        state, message = "failed", f"{failure.category}: {failure.message}"
+        error = {"category": failure.category, "message": failure.message, "detail": failure.detail}
+        quiet_log(f"stream: {message}: {failure.detail}")
+    try:
+        job.writer.close()
+    except OSError as exc:
+        job.writer.errors += 1
+        job.writer.last_error = f"close: {exc}"
+    job.publish(state, message, error, sync=True)
+    if error is not None:
+        raise RunnerFailure(error["category"], error["message"], error["detail"])
+    return {**base_report(ort, np, config), "state": state, "message": message, "frames": job.seq,
+            "results_written": job.writer.written, "dropped_count": job.writer.dropped.count}
+
+
+MODES = {"latency": run_latency, "eval": run_eval, "sweep": run_sweep, "overhead": run_overhead,
+         "stream": run_stream}
 
 
 def main(argv):
@@ -905,9 +1326,12 @@ def main(argv):
         status = EXIT_ERROR
     if not report.get("ok"):
         log(f"{report['error']['category']}: {report['error']['message']}: {report['error']['detail']}")
-    json.dump(report, out, default=json_default, separators=(",", ":"))
-    out.write("\n")
-    out.flush()
+    try:
+        json.dump(report, out, default=json_default, separators=(",", ":"))
+        out.write("\n")
+        out.flush()
+    except OSError as exc:  # a detached stream's stdout is a file, maybe on a full disk; its status file says it all
+        log(f"cannot write the report: {exc}")
     return status
 
 
