@@ -144,8 +144,15 @@ def _killed_while_applied(lab: EmulatedLab, fault_expr: str) -> None:
         proc.wait()
 
 
-def test_sigkill_during_a_network_drop_the_dead_man_restores(lab: EmulatedLab, device_a: Device) -> None:
-    _killed_while_applied(lab, "faults.network_drop(device, max_seconds=3)")
+@pytest.mark.parametrize("fault_expr", [
+    "faults.network_drop(device, max_seconds=3)",
+    "faults.packet_loss(device, 0.5, max_seconds=3)",
+    "faults.bandwidth_cap(device, 500, max_seconds=3)",
+    "faults.flapping(device, down_s=1, up_s=1, cycles=100, max_seconds=3)",
+])
+def test_sigkill_during_a_network_fault_the_dead_man_restores(lab: EmulatedLab, device_a: Device,
+                                                             fault_expr: str) -> None:
+    _killed_while_applied(lab, fault_expr)
     time.sleep(4.5)
     assert device_a.run("echo restored", timeout=10).stdout == "restored\n"
     _clean(device_a)
@@ -190,4 +197,22 @@ def test_a_sweep_spares_the_faults_of_a_run_that_is_still_alive(lab: EmulatedLab
         cleared = subprocess.run([sys.executable, "-m", "hil.cli", "--devices", str(lab.inventory.path), "faults",
                                   "clear", "emu-a"], capture_output=True, text=True, timeout=60)
         assert cleared.returncode == 0 and fault.id in cleared.stdout  # but an explicit clear does
+    _clean(device_a)
+
+
+def test_flapping_goes_down_and_up_on_schedule(device_a: Device) -> None:
+    # Down longer than a command's timeout plus the answer grace (0.5 + 2 s), so a command sent while the
+    # link is down fails instead of being answered once it is back.
+    with faults.flapping(device_a, down_s=3.5, up_s=1.5, cycles=2, max_seconds=30):
+        seen = set()
+        end = time.monotonic() + 9.0
+        while time.monotonic() < end:
+            try:
+                device_a.run("true", timeout=0.5)
+                seen.add("up")
+            except InfraError:
+                seen.add("down")
+                device_a.ssh.close()
+            time.sleep(0.2)
+    assert seen == {"up", "down"}
     _clean(device_a)

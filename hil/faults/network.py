@@ -7,6 +7,8 @@ kernel has no netem: loss uses iptables' `statistic` match, a bandwidth cap `tbf
 
 from __future__ import annotations
 
+import shlex
+
 from hil.device import Device
 from hil.faults.base import DEFAULT_MAX_SECONDS, Fault
 
@@ -111,14 +113,18 @@ class Flapping(_IptablesFault):
         super().__init__(device, params={"down_s": down_s, "up_s": up_s, "cycles": cycles}, **kwargs)  # type: ignore[arg-type]
         self.down_s, self.up_s, self.cycles = down_s, up_s, cycles
 
+    @property
+    def _pid_file(self) -> str:
+        return shlex.quote(f"{self.device.workdir}/.hil/{self.id}.pid")
+
     def apply_script(self) -> str:
         loop = (f"i=0; while [ $i -lt {self.cycles} ]; do {_insert(self._rules())}; sleep {self.down_s:g}; "
                 f"{_delete(self._rules())}; sleep {self.up_s:g}; i=$((i+1)); done")
-        return f"echo $$ > /tmp/hil-{self.id}.pid; {loop}; rm -f /tmp/hil-{self.id}.pid"
+        return f"echo $$ > {self._pid_file}; {loop}; rm -f {self._pid_file}"
 
     def undo_script(self) -> str:
-        return (f"[ -r /tmp/hil-{self.id}.pid ] && kill $(cat /tmp/hil-{self.id}.pid) 2>/dev/null; "
-                f"rm -f /tmp/hil-{self.id}.pid; " + _delete(self._rules()))
+        return (f"[ -r {self._pid_file} ] && kill $(cat {self._pid_file}) 2>/dev/null; "
+                f"rm -f {self._pid_file}; " + _delete(self._rules()))
 
 
 def network_drop(device: Device, *, max_seconds: float = DEFAULT_MAX_SECONDS, **kwargs: object) -> NetworkDrop:
