@@ -107,6 +107,9 @@ class DeviceConfig:
     become: BecomeConfig = field(default_factory=BecomeConfig)
     reboot_command: str = "reboot"
     reboot_timeout: float = 300.0
+    # Clock faults may set the system clock (root) where sessions have no libfaketime; opt-in, because it
+    # moves the clock for everything on the device.
+    clock_set: bool = False
 
 
 @dataclass(frozen=True)
@@ -401,7 +404,7 @@ def _load_deploy(ctx: _Ctx, raw: Any) -> DeployConfig:
 
 
 _DEVICE_KEYS = {"name", "tags", "emulated", "workdir", "python", "ssh", "serial", "cpus", "memory", "disk",
-                "become", "reboot_command", "reboot_timeout"}
+                "become", "reboot_command", "reboot_timeout", "clock_set"}
 _SSH_KEYS = {"host", "port", "user", "key", "password", "known_hosts", "strict_host_key_checking",
              "connect_timeout", "keepalive", "reconnect_timeout", "bind_interface", "config_file", "jump"}
 _BECOME_KEYS = {"method", "password"}
@@ -562,6 +565,7 @@ def _load_device(ctx: _Ctx, raw: Any, index: int, emulated_index: int, lab: LabC
         become=_load_become(ctx, _table(ctx, raw, "become") or {}),
         reboot_command=_str(ctx, raw, "reboot_command", reboot_default) or reboot_default,
         reboot_timeout=_number(ctx, raw, "reboot_timeout", 300.0),
+        clock_set=_bool(ctx, raw, "clock_set", False),
     )
 
 

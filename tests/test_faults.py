@@ -216,3 +216,10 @@ def test_flapping_goes_down_and_up_on_schedule(device_a: Device) -> None:
             time.sleep(0.2)
     assert seen == {"up", "down"}
     _clean(device_a)
+
+
+def test_delay_needs_netem_and_says_so_where_there_is_none(device_a: Device) -> None:
+    # This kernel has no netem (LAB-FACTS): the fault must refuse with the reason, not pretend.
+    with pytest.raises(CapabilityMissing, match="no netem qdisc"), faults.delay(device_a, 50, 10):
+        pass
+    _clean(device_a)

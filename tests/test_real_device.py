@@ -115,3 +115,16 @@ def test_bench_through_the_jump_host_as_the_login_user(handbuilt: HandBuilt) -> 
     assert (report["device"], report["emulated"]) == ("edge-01", False)
     assert report["latency"]["count"] >= 300 and report["latency"]["p99_ms"] >= report["latency"]["p50_ms"] > 0
     assert "CPUExecutionProvider" in report["providers"]
+
+
+def test_clock_faults_without_libfaketime_need_an_explicit_opt_in(edge: Device) -> None:
+    from hil import faults
+    from hil.errors import CapabilityMissing
+
+    # This device's sessions have no libfaketime, and setting its clock would move the host's (one
+    # kernel): both ways must refuse with the reason instead of pretending.
+    with pytest.raises(CapabilityMissing, match="clock drift needs libfaketime"), faults.clock_drift(edge, ppm=50):
+        pass
+    with pytest.raises(CapabilityMissing, match="clock_set = true"), faults.clock_step(edge, 60):
+        pass
+    assert faults.pending(edge) == []

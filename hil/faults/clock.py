@@ -3,7 +3,8 @@
 Where the device's sessions run under libfaketime (the emulated lab; any device set up the same
 way), the fault writes libfaketime's control file, so processes hil starts see it and the monotonic
 clock stays true. Elsewhere a step sets the system clock (root, and only if the device allows it:
-`clock_set` is opt-in because it moves the clock for everything on the device) and sets it back.
+`clock_set = true` is opt-in because it moves the clock for everything on the device) and sets it
+back; drift needs libfaketime.
 """
 
 from __future__ import annotations
@@ -44,14 +45,27 @@ class ClockFault(Fault):
         if self.factor != 1.0:
             raise CapabilityMissing(f"device '{self.device.name}': clock drift needs libfaketime for the processes "
                                     "hil starts (FAKETIME_TIMESTAMP_FILE in the device's sessions)")
-        raise CapabilityMissing(f"device '{self.device.name}': no libfaketime control file in its sessions, and "
-                                "stepping the system clock is not enabled for it")
+        if not self.device.config.clock_set:
+            raise CapabilityMissing(f"device '{self.device.name}': no libfaketime control file in its sessions, and "
+                                    "stepping the system clock is not enabled for it (clock_set = true in "
+                                    "devices.toml allows it; it moves the clock for everything on the device)")
+        self.needs_root = True
+        self.params["via"] = "system clock"
+
+    @property
+    def _seconds(self) -> int:
+        return round(self.offset_s)  # `date -s @N` takes whole seconds
 
     def apply_script(self) -> str:
-        return f"printf '%s\\n' {shlex.quote(self.spec)} > {shlex.quote(self.control)}"
+        if self.control:
+            return f"printf '%s\\n' {shlex.quote(self.spec)} > {shlex.quote(self.control)}"
+        return f"date -s @$(( $(date +%s) + {self._seconds} )) >/dev/null"
 
     def undo_script(self) -> str:
-        return f"printf '%s\\n' {shlex.quote(self.previous)} > {shlex.quote(self.control)}"
+        if self.control:
+            return f"printf '%s\\n' {shlex.quote(self.previous)} > {shlex.quote(self.control)}"
+        # The step, reversed (NTP on the device may also correct it meanwhile; that is fine).
+        return f"date -s @$(( $(date +%s) - {self._seconds} )) >/dev/null"
 
 
 def clock_step(device: Device, offset_s: float, **kwargs: object) -> ClockFault:

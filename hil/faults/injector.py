@@ -41,6 +41,9 @@ class FaultInjector:
     def bandwidth_cap(self, device: Any, kbit: int, **kwargs: Any) -> Fault:
         return self._make(network.bandwidth_cap, device, kbit, **kwargs)
 
+    def delay(self, device: Any, delay_ms: float, jitter_ms: float = 0.0, **kwargs: Any) -> Fault:
+        return self._make(network.delay, device, delay_ms, jitter_ms, **kwargs)
+
     def flapping(self, device: Any, down_s: float, up_s: float, cycles: int, **kwargs: Any) -> Fault:
         return self._make(network.flapping, device, down_s, up_s, cycles, **kwargs)
 

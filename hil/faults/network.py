@@ -10,9 +10,17 @@ from __future__ import annotations
 import shlex
 
 from hil.device import Device
+from hil.errors import CapabilityMissing
 from hil.faults.base import DEFAULT_MAX_SECONDS, Fault
 
 IPT = "iptables -w"
+
+
+def hil_interface(device: Device) -> str:
+    """The device's interface towards hil (the route to the SSH client's address)."""
+    found = device.run("ip route get ${SSH_CONNECTION%% *} | sed -n 's/.* dev \\([^ ]*\\).*/\\1/p' | head -1",
+                       timeout=15)
+    return found.stdout.strip() or "eth0"
 
 
 def _rules(tag: str, match: str) -> list[tuple[str, str]]:
@@ -83,9 +91,7 @@ class BandwidthCap(Fault):
         self.require_tool("iptables", "iptables")
         self.require_tool("tc", "iproute2")
         # The interface hil's own traffic uses: the one towards the SSH client's address.
-        found = self.device.run("ip route get ${SSH_CONNECTION%% *} | sed -n 's/.* dev \\([^ ]*\\).*/\\1/p' | head -1",
-                                timeout=15)
-        self.interface = found.stdout.strip() or "eth0"
+        self.interface = hil_interface(self.device)
         self.params["interface"] = self.interface
 
     def _ingress(self) -> list[tuple[str, str]]:
@@ -147,3 +153,39 @@ def bandwidth_cap(device: Device, kbit: int, **kwargs: object) -> BandwidthCap:
 
 def flapping(device: Device, down_s: float, up_s: float, cycles: int, **kwargs: object) -> Flapping:
     return Flapping(device, down_s, up_s, cycles, **kwargs)
+
+
+class Delay(Fault):
+    """Added latency (and jitter) on egress with netem, where the device's kernel has it."""
+
+    kind = "delay"
+    cuts_network = True
+
+    def __init__(self, device: Device, delay_ms: float, jitter_ms: float = 0.0, **kwargs: object) -> None:
+        if delay_ms <= 0 or jitter_ms < 0:
+            raise ValueError("delay must be positive and jitter not negative")
+        super().__init__(device, params={"delay_ms": delay_ms, "jitter_ms": jitter_ms}, **kwargs)  # type: ignore[arg-type]
+        self.delay_ms, self.jitter_ms = delay_ms, jitter_ms
+        self.interface = ""
+
+    def check(self) -> None:
+        self.require_tool("tc", "iproute2")
+        self.interface = hil_interface(self.device)
+        # Probe: add netem to loopback and remove it at once.
+        probe = self.device.run("tc qdisc add dev lo root netem delay 0ms && tc qdisc del dev lo root",
+                                timeout=15, root=True)
+        if not probe.ok:
+            raise CapabilityMissing(f"device '{self.device.name}': its kernel has no netem qdisc "
+                                    f"({probe.stderr.strip()[-120:] or 'tc failed'}); delay and jitter need it")
+        self.params["interface"] = self.interface
+
+    def apply_script(self) -> str:
+        jitter = f" {self.jitter_ms:g}ms" if self.jitter_ms else ""
+        return f"tc qdisc replace dev {self.interface} root netem delay {self.delay_ms:g}ms{jitter}"
+
+    def undo_script(self) -> str:
+        return f"tc qdisc del dev {self.interface} root 2>/dev/null; true"
+
+
+def delay(device: Device, delay_ms: float, jitter_ms: float = 0.0, **kwargs: object) -> Delay:
+    return Delay(device, delay_ms, jitter_ms, **kwargs)
