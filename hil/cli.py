@@ -10,16 +10,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hil.config import DeviceConfig, Inventory, load_inventory
 from hil.device import Device
 from hil.errors import ConfigError, HilError, InfraError
-
-if TYPE_CHECKING:  # types of `hil bench` only: a command imports what it needs when it runs
-    from hil.budgets import BudgetSpec, Context, Measurement
-    from hil.runner import LatencyRun
-    from hil.stats import AdaptiveStop, LatencySummary
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 1, 2, 3
 
@@ -240,79 +235,6 @@ def cmd_reboot(args: argparse.Namespace, inventory: Inventory) -> int:
 # -- hil bench: the latency suite's measurement for one device and artifact, from a shell ---------
 
 EXIT_INCONCLUSIVE = 4  # bench: a budget could be neither passed nor failed on these samples
-BENCH_CONFIDENCE = 0.99
-
-
-def _bench_threads(device: Device) -> int:
-    """Intra-op threads: the CPUs the device really has (its quota when below its CPU count), as suites/ does."""
-    facts = device.facts()
-    usable = min(facts.cpu_count, facts.cpu_quota) if facts.cpu_quota else facts.cpu_count
-    return max(1, int(usable))
-
-
-def _bench_percentile_limits(args: argparse.Namespace, spec: BudgetSpec) -> list[tuple[float, float, str]]:
-    """(q, limit_ms, source) for every percentile budget: the manifest's for the device's tags, then --limit-ms."""
-    limits = [(q, limit, spec.source(f"latency_p{q:g}_ms") or "manifest")
-              for q, limit in sorted(spec.percentile_limits.items())]
-    if args.limit_ms is not None:
-        limits.append((args.quantile, args.limit_ms, "--limit-ms"))
-    return limits
-
-
-def _bench_stop(limits: list[tuple[float, float, str]], max_iterations: int) -> AdaptiveStop | None:
-    """The adaptive stop, driven by the highest percentile (the tail takes the most samples to decide); on a
-    tie by --limit-ms (listed last). None without a percentile budget: a fixed run."""
-    from hil.stats import AdaptiveStop
-
-    if not limits:
-        return None
-    q, limit, _ = max(reversed(limits), key=lambda x: x[0])
-    try:
-        return AdaptiveStop(q, limit, BENCH_CONFIDENCE, max_samples=max_iterations)
-    except ValueError as exc:  # e.g. --max-iterations too small to ever decide that percentile
-        raise ConfigError(f"bench: {exc}") from None
-
-
-def _bench_verdicts(run: LatencyRun, summary: LatencySummary, spec: BudgetSpec,
-                    limits: list[tuple[float, float, str]], stop: AdaptiveStop | None) -> list[tuple[Measurement, str]]:
-    """(measurement, source) for every budget the run can judge, percentiles on the adaptive run's last look."""
-    from hil.budgets import check_cv, check_max, check_min, check_percentile, combine
-
-    looks = len(stop.looks) if stop is not None else 1
-    last = stop.last_look(run.count) if stop is not None else None
-    judged = run.latencies_ms[:last] if last is not None else run.latencies_ms
-    cv = check_cv(judged)
-    out = [(combine(check_percentile(judged, q, limit, BENCH_CONFIDENCE, looks=looks,
-                                           name=f"latency_p{q:g}_ms"), cv, judged, looks), source)
-           for q, limit, source in limits]
-    singles = (("cold_start_ms", run.session.create_ms + run.cold_start_ms, "ms", check_max),
-               ("memory_mib", run.memory.peak_rss_mib, "MiB", check_max),
-               ("throughput_ips", summary.throughput_ips, "ips", check_min))
-    for key, value, unit, check in singles:
-        if getattr(spec, key) is not None:
-            out.append((check(key, value, getattr(spec, key), unit), spec.source(key) or "manifest"))
-    return out
-
-
-def _bench_document(run: LatencyRun, summary: LatencySummary, context: Context, threads: int,
-                    verdicts: list[tuple[Measurement, str]], stop: AdaptiveStop | None) -> dict[str, Any]:
-    from hil.budgets import BudgetExceeded, InconclusiveMeasurement, Verdict
-
-    worst = next((v for v in (Verdict.FAIL, Verdict.INCONCLUSIVE, Verdict.PASS)
-                  if any(m.verdict is v for m, _ in verdicts)), None)
-    errors = {Verdict.FAIL: BudgetExceeded, Verdict.INCONCLUSIVE: InconclusiveMeasurement}
-    return {
-        "device": context.device, "emulated": context.emulated, "model": context.model, "version": context.version,
-        "sha256": context.sha256, "onnxruntime": context.onnxruntime, "providers": list(run.session.providers),
-        "fallback": run.session.fallback, "batch": run.batch, "threads": threads, "latency": summary.to_dict(),
-        "cold_start_ms": run.session.create_ms + run.cold_start_ms, "session_create_ms": run.session.create_ms,
-        "first_inference_ms": run.cold_start_ms, "peak_rss_mib": run.memory.peak_rss_mib,
-        "stop": {"reason": run.stop.reason, "adaptive": stop is not None,
-                 "looks": list(stop.looks) if stop is not None else [], "note": run.stop.note},
-        "verdicts": [{**m.to_dict(), "source": source} for m, source in verdicts],
-        "verdict": worst.value if worst is not None else None, "context": str(context),
-        "messages": [str(errors[m.verdict](m, context)) for m, _ in verdicts if m.verdict in errors],
-    }
 
 
 def _bench_print(doc: dict[str, Any]) -> None:
@@ -338,6 +260,7 @@ def _bench_print(doc: dict[str, Any]) -> None:
 
 def cmd_bench(args: argparse.Namespace, inventory: Inventory) -> int:
     """Deploy, then measure latency like suites/test_latency.py; exit 0 all PASS (or none), 1 FAIL, 4 INCONCLUSIVE."""
+    from hil import bench
     from hil.artifacts import load_artifact
     from hil.budgets import Context, budgets_for_tags
     from hil.deploy import DeployedModel, deploy, trusted_keys
@@ -352,14 +275,15 @@ def cmd_bench(args: argparse.Namespace, inventory: Inventory) -> int:
         result = deploy(device, artifact, trusted_keys(inventory.deploy), keep=inventory.deploy.keep_versions,
                         margin_bytes=inventory.deploy.free_space_margin_bytes)
         spec = budgets_for_tags(artifact.manifest.budgets, device.config.tags)
-        limits = _bench_percentile_limits(args, spec)
-        threads = args.threads or _bench_threads(device)
-        stop = _bench_stop(limits, args.max_iterations)
+        extra = (args.quantile, args.limit_ms) if args.limit_ms is not None else None
+        limits = bench.percentile_limits(spec, extra)
+        threads = args.threads or bench.threads_for(device)
+        stop = bench.adaptive_stop(limits, args.max_iterations)
         run = run_latency(DeployedModel(device, artifact, result), batch=args.batch, warmup=args.warmup,
                           min_iterations=args.min_iterations, min_duration_s=args.min_duration,
                           max_iterations=args.max_iterations if stop else None,
                           max_duration_s=args.max_duration if stop else None, threads=threads,
-                          stop_when=StopWhen(stop.q, stop.limit_ms, BENCH_CONFIDENCE) if stop else None)
+                          stop_when=StopWhen(stop.q, stop.limit_ms, bench.CONFIDENCE) if stop else None)
     finally:
         device.close()
     m = artifact.manifest
@@ -367,8 +291,8 @@ def cmd_bench(args: argparse.Namespace, inventory: Inventory) -> int:
                       str(run.context.runner_env.get("onnxruntime", "unknown")), device.config.emulated)
     # Throughput over the loop's wall time: the loop's own overhead counts, as it would for a service.
     summary = summarize(run.latencies_ms, run.batch, run.cpu.wall_s or None)
-    verdicts = _bench_verdicts(run, summary, spec, limits, stop)
-    doc = _bench_document(run, summary, context, threads, verdicts, stop)
+    verdicts = bench.verdicts(run, summary, spec, limits, stop)
+    doc = bench.document(run, summary, context, threads, verdicts, stop)
     if args.json:
         print(json.dumps(doc, indent=2))
     else:

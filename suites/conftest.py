@@ -8,7 +8,6 @@ latency, cold-start and memory verdicts of one model come from the same process 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 from hil.artifacts import Artifact, init_manifest, load_artifact, load_private_key, sign
+from hil.bench import threads_for
 from hil.budgets import (
     BudgetExceeded,
     BudgetSpec,
@@ -33,7 +33,6 @@ from hil.budgets import (
     combine,
 )
 from hil.deploy import DeployedModel
-from hil.device import Device
 from hil.runner import EvalRun, LatencyRun, StopWhen, run_eval, run_latency
 from hil.stats import DEFAULT_CONFIDENCE, AdaptiveStop, LatencySummary, summarize
 
@@ -83,17 +82,6 @@ def budget_context(deployed_model: DeployedModel, report_property: Record) -> Co
     report_property("hil.emulated", str(context.emulated).lower())
     report_property("hil.onnxruntime", context.onnxruntime)
     return context
-
-
-def threads_for(device: Device) -> int:
-    """The CPUs the device really has: its quota when smaller than its CPU count.
-
-    onnxruntime's default is one thread per core it sees; in a CPU-limited cgroup the extra
-    threads spin on quota the device does not have and show up as throttling stalls.
-    """
-    facts = device.facts()
-    usable = min(facts.cpu_count, facts.cpu_quota) if facts.cpu_quota else facts.cpu_count
-    return max(1, math.floor(usable))
 
 
 @pytest.fixture
