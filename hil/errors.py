@@ -91,3 +91,7 @@ class CapabilityMissing(HilError):
 
 class PrivilegeUnavailable(CapabilityMissing):
     """The operation needs root on the device and hil cannot become root there (reported as a skip)."""
+
+
+class DeviceBusy(InfraError):
+    """The device is leased by another run and did not become free in time."""

@@ -21,6 +21,7 @@ from hil.errors import CapabilityMissing, ConfigError, DeviceUnhealthy, HilError
 from hil.faults.injector import FaultInjector
 from hil.faults.ledger import run_id as fault_run_id
 from hil.faults.ledger import sweep as sweep_faults
+from hil.lease import Lease
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run only on this device (repeatable); default: every device in devices.toml")
     group.addoption("--hil-no-lab", action="store_true", default=False,
                     help="do not bring the emulated lab up automatically")
+    group.addoption("--hil-lease-timeout", metavar="SECONDS", type=float, default=300.0,
+                    help="wait this long for a device another run holds, then report it busy (default: 300)")
     group.addoption("--hil-artifact", metavar="DIR", action="append", default=[],
                     help="artifact directory for `artifact`/`deployed_model` (repeatable); "
                          "default: [deploy] artifacts of devices.toml")
@@ -55,6 +58,9 @@ class HilSession:
     reported: set[str] = field(default_factory=set)
     lab_checked: bool = False
     lab_error: HilError | None = None
+    lease_timeout: float = 300.0
+    per_test_lease: bool = False  # pytest-xdist workers lease per test (see the device fixture)
+    leases: dict[str, Lease] = field(default_factory=dict)
     swept: dict[str, list[str]] = field(default_factory=dict)  # faults an earlier run left, undone at start
     run_id: str = field(default_factory=fault_run_id)
 
@@ -72,16 +78,21 @@ class HilSession:
             if config.emulated:
                 self._ensure_lab()
             device = Device(config)
+            if not self.per_test_lease:
+                # Held for the whole run: no other run touches this device until this one ends or dies.
+                self.leases[name] = Lease(device, self.run_id, self.lease_timeout).acquire()
             # What a crashed run left applied (a full disk, a dropped network...) is undone first: it
             # would fail the health check, and no test may run on a device in an unknown state.
             left = sweep_faults(device)
             health = device.health()
         except HilError as exc:
+            self._release(name)
             self.broken[name] = str(exc)
             return self.acquire(name)
         if left:
             self.swept[name] = [f"{r.kind} {r.params} (applied {r.applied_at}, run {r.run_id or '?'})" for r in left]
         if not health.ok:
+            self._release(name)
             device.close()
             self.broken[name] = "; ".join(health.problems)
             return self.acquire(name)
@@ -109,11 +120,19 @@ class HilSession:
     def mark_broken(self, name: str, reason: str) -> None:
         self.broken.setdefault(name, reason)
         self.reported.add(name)  # the failing test itself already reported it
+        self._release(name)
         device = self.devices.pop(name, None)
         if device is not None:
             device.close()
 
+    def _release(self, name: str) -> None:
+        lease = self.leases.pop(name, None)
+        if lease is not None:
+            lease.release()
+
     def close(self) -> None:
+        for name in list(self.leases):
+            self._release(name)
         for device in self.devices.values():
             device.close()
         self.devices.clear()
@@ -153,7 +172,9 @@ def pytest_configure(config: pytest.Config) -> None:
             selected = [d.name for d in inventory.select(list(dict.fromkeys(selected)))]
         except ConfigError as exc:
             raise pytest.UsageError(f"--hil-device: {exc}") from None
-    config.stash[_SESSION_KEY] = HilSession(inventory, selected, not config.getoption("--hil-no-lab"))
+    config.stash[_SESSION_KEY] = HilSession(inventory, selected, not config.getoption("--hil-no-lab"),
+                                            lease_timeout=config.getoption("--hil-lease-timeout"),
+                                            per_test_lease=hasattr(config, "workerinput"))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -191,8 +212,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("device", params, indirect=True)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With pytest-xdist's `--dist loadgroup`, the tests of one device go to one worker (fewer lease hand-overs);
+    with any other distribution the per-test leases keep a device to one test at a time."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "device" in params:
+            item.add_marker(pytest.mark.xdist_group(name=f"hil-device-{params['device']}"))
+
+
 @pytest.fixture
-def device(request: pytest.FixtureRequest) -> Device:
+def device(request: pytest.FixtureRequest) -> Iterator[Device]:
     """The device this test runs on; the test runs once per selected device."""
     session = _session(request.config)
     if session.inventory is None or not hasattr(request, "param"):
@@ -202,7 +233,13 @@ def device(request: pytest.FixtureRequest) -> Device:
     dev = session.acquire(name)
     for key, value in dev.facts().summary().items():
         request.node.user_properties.append((f"hil.facts.{key}", value))
-    return dev
+    if session.per_test_lease:
+        # A pytest-xdist worker holds a device only for each test: workers can then share a device in turns
+        # (one test at a time), however xdist spreads the tests.
+        with Lease(dev, session.run_id, session.lease_timeout):
+            yield dev
+    else:
+        yield dev
 
 
 @pytest.fixture

@@ -318,6 +318,21 @@ class SshTransport:
             raise ConnectError(f"{where}: cannot connect: {exc.strerror or exc}") from None
         return client
 
+    def open_session_channel(self, command: str) -> paramiko.Channel:
+        """A channel of its own running `command`, for what must live exactly as long as this connection
+        (a lease's lock holder): when the connection dies, sshd ends the command."""
+        with self._lock:
+            self._channel()
+            assert self._client is not None
+            transport = self._client.get_transport()
+            assert transport is not None
+            try:
+                channel = transport.open_session(timeout=self.config.connect_timeout)
+                channel.exec_command(command)
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise ConnectionLost(f"device '{self.device}': cannot open a channel: {exc}") from None
+            return channel
+
     def _start_server(self, transport: paramiko.Transport) -> _CommandChannel:
         try:
             channel = transport.open_session(timeout=self.config.connect_timeout)

@@ -1,0 +1,107 @@
+"""Leases: a run holds a device exclusively, with the lock on the device itself (no server to run).
+
+The holder is `flock` on `<workdir>/.hil/lease.lock`, started over its own SSH channel and kept
+alive by that channel's stdin: when the run ends, dies or loses its connection, sshd ends the
+holder and the kernel frees the lock. Who holds it (user@host, run id, since) is written next to it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import paramiko
+
+from hil.deadline import Deadline
+from hil.device import Device
+from hil.errors import DeviceBusy, TransportError
+
+log = logging.getLogger(__name__)
+
+GRANTED = "HIL-LEASE-GRANTED"
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    holder: str  # user@host
+    run_id: str
+    since: str
+
+    def __str__(self) -> str:
+        return f"{self.holder} (run {self.run_id}, since {self.since})"
+
+
+def _paths(device: Device) -> tuple[str, str]:
+    base = f"{device.workdir}/.hil"
+    return f"{base}/lease.lock", f"{base}/lease.json"
+
+
+class Lease:
+    """`with Lease(device, run_id, timeout=60): ...` holds the device for the block."""
+
+    def __init__(self, device: Device, run_id: str, timeout: float = 60.0) -> None:
+        self.device = device
+        self.info = LeaseInfo(f"{getpass.getuser()}@{socket.gethostname()}", run_id,
+                              datetime.now(UTC).isoformat(timespec="seconds"))
+        self.timeout = timeout
+        self.channel: paramiko.Channel | None = None
+        self.waited = 0.0
+
+    def acquire(self) -> Lease:
+        lock, info = _paths(self.device)
+        record = shlex.quote(json.dumps(self.info.__dict__))
+        hold = f"printf '%s\\n' {record} > {shlex.quote(info)}; echo {GRANTED}; exec cat > /dev/null"
+        command = (f"mkdir -p {shlex.quote(lock.rsplit('/', 1)[0])} && exec flock -x -w {self.timeout:g} "
+                   f"{shlex.quote(lock)} sh -c {shlex.quote(hold)}")
+        started = time.monotonic()
+        channel = self.device.ssh.open_session_channel(command)
+        output = b""
+        deadline = Deadline.after(self.timeout + self.device.config.ssh.connect_timeout + 5)
+        channel.settimeout(0.2)
+        while GRANTED.encode() not in output:
+            if channel.exit_status_ready() or deadline.expired:
+                channel.close()
+                holder = holder_of(self.device)
+                raise DeviceBusy(f"device '{self.device.name}' is leased by {holder or 'another run'}; still busy "
+                                 f"after {self.timeout:g} s (--hil-lease-timeout)")
+            try:
+                chunk = channel.recv(4096)
+            except TimeoutError:
+                continue
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                raise TransportError(f"device '{self.device.name}': lease channel failed: {exc}") from None
+            output += chunk
+        self.channel = channel
+        self.waited = time.monotonic() - started
+        log.info("%s: leased to %s after %.1f s", self.device.name, self.info, self.waited)
+        return self
+
+    def release(self) -> None:
+        if self.channel is not None:
+            self.channel.close()  # the holder's stdin ends: it exits and the lock is free
+            self.channel = None
+
+    def __enter__(self) -> Lease:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def holder_of(device: Device) -> LeaseInfo | None:
+    """Who holds the device now, or None when it is free."""
+    lock, info = _paths(device)
+    out = device.run(f"flock -n {shlex.quote(lock)} true 2>/dev/null && echo FREE || cat {shlex.quote(info)}",
+                     timeout=15).stdout.strip()
+    if out in ("", "FREE"):
+        return None
+    try:
+        return LeaseInfo(**json.loads(out))
+    except (ValueError, TypeError):
+        return LeaseInfo("unknown", "?", "?")

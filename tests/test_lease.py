@@ -1,0 +1,90 @@
+"""Leases on the device: one run at a time, freed when the holder ends, dies or loses its connection."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hil.device import Device
+from hil.errors import DeviceBusy
+from hil.lab import EmulatedLab
+from hil.lease import Lease, holder_of
+
+pytestmark = pytest.mark.usefixtures("lab")
+
+RECORDING_TEST = """
+import time
+
+def test_{n}(device):
+    start = device.run("date +%s.%N", timeout=10).stdout.strip()
+    time.sleep(0.4)
+    end = device.run("date +%s.%N", timeout=10).stdout.strip()
+    device.run(f"echo {{start}} {{end}} >> {{device.workdir}}/lease-intervals", timeout=10, check=True)
+"""
+
+
+def test_a_leased_device_is_busy_until_released(lab: EmulatedLab) -> None:
+    first, second = (Device(lab.inventory.get("emu-a")) for _ in range(2))
+    try:
+        with Lease(first, "run-1", timeout=5):
+            holder = holder_of(second)
+            assert holder is not None and holder.run_id == "run-1" and "@" in holder.holder
+            started = time.monotonic()
+            with pytest.raises(DeviceBusy, match=r"leased by .*run-1"):
+                Lease(second, "run-2", timeout=1).acquire()
+            assert time.monotonic() - started < 4
+        assert holder_of(second) is None
+        with Lease(second, "run-2", timeout=1):
+            # The holder's connection dies (a killed runner): the device frees itself.
+            second.ssh.close()
+            time.sleep(0.3)
+            assert holder_of(first) is None
+    finally:
+        first.close()
+        second.close()
+
+
+def test_two_runs_at_once_never_overlap_on_a_device(lab: EmulatedLab, device_a: Device, device_b: Device,
+                                                   tmp_path: Path) -> None:
+    for d in (device_a, device_b):
+        d.run(f"rm -f {d.workdir}/lease-intervals", timeout=10)
+    (tmp_path / "test_rec.py").write_text("\n".join(RECORDING_TEST.format(n=n) for n in range(3)))
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_rec.py"),
+               "--hil-devices", str(lab.inventory.path), "--hil-lease-timeout", "120"]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+            for _ in range(2)]
+    outputs = [r.communicate(timeout=180)[0] for r in runs]
+    assert all(r.returncode == 0 for r in runs), outputs
+    for d in (device_a, device_b):
+        intervals = sorted(tuple(map(float, line.split())) for line in
+                           d.run(f"cat {d.workdir}/lease-intervals", timeout=10).stdout.splitlines())
+        assert len(intervals) == 6  # 3 tests x 2 runs
+        for (_, end), (start, _) in itertools.pairwise(intervals):
+            assert start >= end, f"{d.name}: two runs overlapped: {intervals}"
+
+
+def test_killing_a_run_frees_its_leases(lab: EmulatedLab, device_a: Device, tmp_path: Path) -> None:
+    (tmp_path / "test_hold.py").write_text("import time\n\ndef test_hold(device):\n    time.sleep(60)\n")
+    run = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            str(tmp_path / "test_hold.py"), "--hil-devices", str(lab.inventory.path),
+                            "--hil-device", "emu-a"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        for _ in range(100):
+            if holder_of(device_a) is not None:
+                break
+            time.sleep(0.2)
+        assert holder_of(device_a) is not None
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    started = time.monotonic()
+    with Lease(device_a, "next-run", timeout=10):
+        waited = time.monotonic() - started
+    assert waited < device_a.config.ssh.connect_timeout
