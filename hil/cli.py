@@ -65,8 +65,27 @@ def cmd_devices_list(args: argparse.Namespace, inventory: Inventory) -> int:
 
     rows = [[d.name, ",".join(d.tags), ssh(d), d.serial.port if d.serial else "-",
              d.workdir or "(default)"] for d in inventory.devices]
-    print(_table(rows, ["DEVICE", "TAGS", "SSH", "SERIAL", "WORKDIR"]))
+    header = ["DEVICE", "TAGS", "SSH", "SERIAL", "WORKDIR"]
+    if args.leases:
+        header.append("LEASED BY")
+        for row, config in zip(rows, inventory.devices, strict=True):
+            row.append(_lease_holder(inventory, config))
+    print(_table(rows, header))
     return 0
+
+
+def _lease_holder(inventory: Inventory, config: DeviceConfig) -> str:
+    from hil.lease import holder_of
+
+    try:
+        device = _device(inventory, config.name)
+        try:
+            holder = holder_of(device)
+        finally:
+            device.close()
+    except HilError as exc:
+        return f"? ({type(exc).__name__})"
+    return str(holder) if holder else "free"
 
 
 def cmd_devices_check(args: argparse.Namespace, inventory: Inventory) -> int:
@@ -223,6 +242,22 @@ def cmd_faults(args: argparse.Namespace, inventory: Inventory) -> int:
     return 0
 
 
+def cmd_lease(args: argparse.Namespace, inventory: Inventory) -> int:
+    """Hold the device's lease around a local command (manual work that no test run may disturb)."""
+    import subprocess
+
+    from hil.faults.ledger import run_id
+    from hil.lease import Lease
+
+    device = _device(inventory, args.name)
+    try:
+        with Lease(device, f"manual-{run_id()}", timeout=args.timeout) as lease:
+            print(f"{args.name}: leased to {lease.info}", file=sys.stderr)
+            return subprocess.call(args.command)
+    finally:
+        device.close()
+
+
 def cmd_reboot(args: argparse.Namespace, inventory: Inventory) -> int:
     device = _device(inventory, args.name)
     result = device.reboot(timeout=args.timeout)
@@ -316,7 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     devices = sub.add_parser("devices", help="the devices of devices.toml").add_subparsers(
         dest="devices_command", required=True)
-    devices.add_parser("list", help="list devices").set_defaults(func=cmd_devices_list)
+    listing = devices.add_parser("list", help="list devices")
+    listing.add_argument("--leases", action="store_true", help="also ask each device who holds its lease")
+    listing.set_defaults(func=cmd_devices_list)
     check = devices.add_parser("check", help="health-check devices")
     check.add_argument("names", nargs="*", metavar="NAME")
     check.set_defaults(func=cmd_devices_check)
@@ -337,6 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = faults.add_parser(name, help=text)
         cmd.add_argument("name", metavar="DEVICE")
         cmd.set_defaults(func=cmd_faults)
+
+    lease = sub.add_parser("lease", help="hold a device's lease around a command: hil lease DEVICE -- CMD...")
+    lease.add_argument("name", metavar="DEVICE")
+    lease.add_argument("command", nargs="+", metavar="CMD")
+    lease.add_argument("--timeout", type=float, default=300.0, help="wait this long for the device to be free")
+    lease.set_defaults(func=cmd_lease)
 
     reboot = sub.add_parser("reboot", help="reboot a device and wait until it is back")
     reboot.add_argument("name", metavar="DEVICE")

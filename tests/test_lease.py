@@ -88,3 +88,14 @@ def test_killing_a_run_frees_its_leases(lab: EmulatedLab, device_a: Device, tmp_
     with Lease(device_a, "next-run", timeout=10):
         waited = time.monotonic() - started
     assert waited < device_a.config.ssh.connect_timeout
+
+
+def test_hil_lease_holds_a_device_around_a_command(lab: EmulatedLab) -> None:
+    hil = [sys.executable, "-m", "hil.cli", "--devices", str(lab.inventory.path)]
+    inner = " ".join([*hil, "devices", "list", "--leases"])
+    out = subprocess.run([*hil, "lease", "emu-a", "--", "sh", "-c", inner], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    row = next(line for line in out.stdout.splitlines() if line.startswith("emu-a"))
+    assert "manual-" in row  # the command ran while hil held emu-a
+    assert "free" in next(line for line in out.stdout.splitlines() if line.startswith("emu-b"))
