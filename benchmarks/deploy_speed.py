@@ -17,15 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for fixtures.synthetic
 
-from roundtrip import choose_device, load_text, run_checked, ssh_options, target
+from roundtrip import bench_device, load_text, run_checked, ssh_options, target
 
 from fixtures.synthetic import make_artifact
 from hil.artifacts import load_artifact, load_public_key
-from hil.config import load_inventory
 from hil.deploy import deploy
 from hil.device import Device
 from hil.errors import HilError
-from hil.lab import EmulatedLab
 
 log = logging.getLogger("benchmarks.deploy_speed")
 MIB = 2**20
@@ -47,10 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", type=int, default=3, help="uploads per method (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        inventory = load_inventory(args.devices)
-        config = choose_device(inventory, args.device)
-        if config.emulated:
-            EmulatedLab(inventory).ensure_up([config.name])
+        inventory, config = bench_device(args.devices, args.device)
     except HilError as exc:
         log.error("%s", exc)
         return 2

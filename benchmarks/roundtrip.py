@@ -366,6 +366,15 @@ def choose_device(inventory: Inventory, name: str | None) -> DeviceConfig:
     return inventory.emulated[0]
 
 
+def bench_device(devices: Path, name: str | None) -> tuple[Inventory, DeviceConfig]:
+    """The device a benchmark measures, with the emulated lab brought up for it when needed."""
+    inventory = load_inventory(devices)
+    config = choose_device(inventory, name)
+    if config.emulated:
+        EmulatedLab(inventory).ensure_up([config.name])
+    return inventory, config
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=Path, default=Path("devices.toml"), help="inventory (default: %(default)s)")
@@ -388,10 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("paramiko").setLevel(logging.WARNING)
     args = parse_args(argv)
     try:
-        inventory = load_inventory(args.devices)
-        config = choose_device(inventory, args.device)
-        if config.emulated:
-            EmulatedLab(inventory).ensure_up([config.name])
+        _, config = bench_device(args.devices, args.device)
     except HilError as exc:
         log.error("%s", exc)
         return 2
