@@ -35,9 +35,24 @@ from hil.stats import (
 )
 
 __all__ = [
-    "AdaptiveStop", "BudgetExceeded", "BudgetSpec", "Context", "InconclusiveMeasurement", "Measurement", "Verdict",
-    "assert_budget", "budgets_for_tags", "check_adaptive", "check_cv", "check_max", "check_min", "check_percentile",
-    "check_relative_accuracy", "combine", "evaluate",
+    "PERCENTILE_KEYS",
+    "AdaptiveStop",
+    "BudgetExceeded",
+    "BudgetSpec",
+    "Context",
+    "InconclusiveMeasurement",
+    "Measurement",
+    "Verdict",
+    "assert_budget",
+    "budgets_for_tags",
+    "check_adaptive",
+    "check_cv",
+    "check_max",
+    "check_min",
+    "check_percentile",
+    "check_relative_accuracy",
+    "combine",
+    "evaluate",
 ]
 
 AT_MOST = "<="
@@ -278,7 +293,7 @@ def assert_budget(measurement: Measurement, context: Context | None = None) -> M
 # Keys whose limit is a ceiling (lower is stricter) and a floor (higher is stricter).
 _CEILINGS = ("latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "cold_start_ms", "memory_mib")
 _FLOORS = ("accuracy_top1", "throughput_ips", "accuracy_top1_at_20db_snr")
-_PERCENTILE_KEYS = {50.0: "latency_p50_ms", 90.0: "latency_p90_ms", 95.0: "latency_p95_ms", 99.0: "latency_p99_ms"}
+PERCENTILE_KEYS = {50.0: "latency_p50_ms", 90.0: "latency_p90_ms", 95.0: "latency_p95_ms", 99.0: "latency_p99_ms"}
 
 
 @dataclass(frozen=True)
@@ -304,7 +319,7 @@ class BudgetSpec:
     @property
     def percentile_limits(self) -> dict[float, float]:
         """{q: limit_ms} for the latency percentiles that have a budget."""
-        limits = {q: getattr(self, key) for q, key in _PERCENTILE_KEYS.items()}
+        limits = {q: getattr(self, key) for q, key in PERCENTILE_KEYS.items()}
         return {q: v for q, v in limits.items() if v is not None}
 
     def source(self, key: str) -> str | None:
@@ -358,7 +373,7 @@ def evaluate(spec: BudgetSpec, latencies_ms: npt.ArrayLike | None = None, cold_s
         cv = check_cv(latencies_ms, cv_threshold)
         for q, limit in spec.percentile_limits.items():
             results.append(combine(check_percentile(latencies_ms, q, limit, confidence,
-                                                    name=_PERCENTILE_KEYS[q]), cv))
+                                                    name=PERCENTILE_KEYS[q]), cv))
         if throughput_ips is None:
             throughput_ips = summarize(latencies_ms).throughput_ips
     singles = (("cold_start_ms", cold_start_ms, "ms", check_max), ("memory_mib", memory_mib, "MiB", check_max),

@@ -54,8 +54,12 @@ class DeviceUnhealthy(InfraError):
     """A device failed its health check and is out of rotation for this run."""
 
 
-class ProductFailure(HilError):
-    """The model or artifact under test failed a check (budget, integrity)."""
+class ProductFailure(HilError, AssertionError):
+    """The model or artifact under test failed a check (budget, integrity).
+
+    An AssertionError too: a verdict against the product is a failed check, which pytest and Allure
+    report as "failed"; every other error (the lab, the test itself) is "broken".
+    """
 
 
 class CommandFailed(HilError):

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import allure
 import pytest
 
 from hil.artifacts import Artifact, load_artifact
@@ -22,8 +23,11 @@ from hil.faults.injector import FaultInjector
 from hil.faults.ledger import run_id as fault_run_id
 from hil.faults.ledger import sweep as sweep_faults
 from hil.lease import Lease
+from hil.report.allure_io import attach_json
 
 log = logging.getLogger(__name__)
+
+pytest_plugins = ["hil.report.pytest_plugin"]  # summary.json, exit codes, Allure labels and categories
 
 DEFAULT_DEVICES = "devices.toml"
 _SESSION_KEY = pytest.StashKey["HilSession"]()
@@ -172,9 +176,19 @@ def pytest_configure(config: pytest.Config) -> None:
             selected = [d.name for d in inventory.select(list(dict.fromkeys(selected)))]
         except ConfigError as exc:
             raise pytest.UsageError(f"--hil-device: {exc}") from None
-    config.stash[_SESSION_KEY] = HilSession(inventory, selected, not config.getoption("--hil-no-lab"),
-                                            lease_timeout=config.getoption("--hil-lease-timeout"),
-                                            per_test_lease=hasattr(config, "workerinput"))
+    session = HilSession(inventory, selected, not config.getoption("--hil-no-lab"),
+                         lease_timeout=config.getoption("--hil-lease-timeout"),
+                         per_test_lease=hasattr(config, "workerinput"))
+    worker_input = getattr(config, "workerinput", {})
+    if "hil_run_id" in worker_input:
+        session.run_id = worker_input["hil_run_id"]  # one run id for the whole run: leases, faults, summary
+    config.stash[_SESSION_KEY] = session
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:  # type: ignore[no-untyped-def]
+    """pytest-xdist: each worker gets the controller's run id."""
+    node.workerinput["hil_run_id"] = hil_session(node.config).run_id
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -183,8 +197,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         session.close()
 
 
-def _session(config: pytest.Config) -> HilSession:
+def hil_session(config: pytest.Config) -> HilSession:
     return config.stash[_SESSION_KEY]
+
+
+_session = hil_session
 
 
 def _artifact_dirs(config: pytest.Config) -> list[Path]:
@@ -231,8 +248,10 @@ def device(request: pytest.FixtureRequest) -> Iterator[Device]:
     name: str = request.param
     request.node.user_properties.append(("hil.device", name))
     dev = session.acquire(name)
-    for key, value in dev.facts().summary().items():
+    facts = dev.facts().summary()
+    for key, value in facts.items():
         request.node.user_properties.append((f"hil.facts.{key}", value))
+    attach_json(f"device facts ({name})", facts)
     if session.per_test_lease:
         # A pytest-xdist worker holds a device only for each test: workers can then share a device in turns
         # (one test at a time), however xdist spreads the tests.
@@ -259,9 +278,12 @@ def deployed_model(request: pytest.FixtureRequest, device: Device, artifact: Art
     """`artifact` deployed and active on `device` (a no-op when it already is)."""
     inventory = _session(request.config).inventory
     assert inventory is not None
-    result = deploy(device, artifact, trusted_keys(inventory.deploy), keep=inventory.deploy.keep_versions,
-                    margin_bytes=inventory.deploy.free_space_margin_bytes,
-                    allow_provider_fallback=request.config.getoption("--hil-allow-cpu-fallback"))
+    manifest = artifact.manifest
+    with allure.step(f"deploy {manifest.name} {manifest.version} to {device.name}"):
+        result = deploy(device, artifact, trusted_keys(inventory.deploy), keep=inventory.deploy.keep_versions,
+                        margin_bytes=inventory.deploy.free_space_margin_bytes,
+                        allow_provider_fallback=request.config.getoption("--hil-allow-cpu-fallback"))
+        attach_json("deploy", result.summary())
     if result.fallback:
         log.warning("%s", result.fallback)
     request.node.user_properties += [(f"hil.deploy.{k}", v) for k, v in result.summary().items()

@@ -7,19 +7,22 @@ latency, cold-start and memory verdicts of one model come from the same process 
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import allure
 import numpy as np
 import pytest
 
-from hil.artifacts import Artifact, init_manifest, load_artifact, load_private_key, sign
+from hil.artifacts import Artifact, init_manifest, load_artifact, load_private_key, sha256_file, sign
 from hil.bench import threads_for
 from hil.budgets import (
+    PERCENTILE_KEYS,
     BudgetExceeded,
     BudgetSpec,
     Context,
@@ -33,6 +36,9 @@ from hil.budgets import (
     combine,
 )
 from hil.deploy import DeployedModel
+from hil.report.allure_io import attach_csv, attach_json, attach_png, attach_text, budget_table, samples_csv
+from hil.report.plots import latency_cdf_png, latency_histogram_png, percentile_marks
+from hil.report.record import RawSamples, record_check, write_raw
 from hil.runner import EvalRun, LatencyRun, StopWhen, run_eval, run_latency
 from hil.stats import DEFAULT_CONFIDENCE, AdaptiveStop, LatencySummary, summarize
 
@@ -95,24 +101,34 @@ def intra_op_threads(deployed_model: DeployedModel) -> int:
 
 @dataclass(frozen=True)
 class Judge:
-    """Records measurements as report properties and turns their verdicts into test outcomes."""
+    """Records measurements (report properties, summary.json, an Allure budget table) and turns their
+    verdicts into test outcomes."""
 
     context: Context
-    record: Record
+    node: pytest.Item
+    raw: dict[str, dict[str, Any]]  # check name -> where its raw samples are (see hil.report.record)
 
     def __call__(self, *measurements: Measurement) -> None:
         """Record every measurement, then raise for the first FAIL, else the first INCONCLUSIVE."""
         for m in measurements:
-            self.record(f"hil.measurement.{m.name}", str(m))
-            self.record(f"hil.verdict.{m.name}", m.verdict.value)
+            self.node.user_properties.append((f"hil.measurement.{m.name}", str(m)))
+            self.node.user_properties.append((f"hil.verdict.{m.name}", m.verdict.value))
+            record_check(self.node, m, self.raw.get(m.name))
+        attach_text("budgets", budget_table(m.to_dict() for m in measurements))
         order = {Verdict.FAIL: 0, Verdict.INCONCLUSIVE: 1, Verdict.PASS: 2}
         for m in sorted(measurements, key=lambda m: order[m.verdict]):
             assert_budget(m, self.context)
 
 
 @pytest.fixture
-def judge(budget_context: Context, report_property: Record) -> Judge:
-    return Judge(budget_context, report_property)
+def raw_samples() -> dict[str, dict[str, Any]]:
+    """Filled by fixtures that measure samples (latency): check name -> raw samples for summary.json."""
+    return {}
+
+
+@pytest.fixture
+def judge(budget_context: Context, request: pytest.FixtureRequest, raw_samples: dict[str, dict[str, Any]]) -> Judge:
+    return Judge(budget_context, request.node, raw_samples)
 
 
 def percentile_verdicts(latencies_ms: np.ndarray, limits: dict[float, float],
@@ -143,6 +159,7 @@ class Latency:
     percentiles: tuple[Measurement, ...]
     threads: int
     adaptive: bool
+    raw: RawSamples | None = None  # where the samples went in the report directory
 
     @property
     def cold_start_ms(self) -> float:
@@ -190,15 +207,38 @@ def _latency_runs() -> dict[tuple[str, str, BudgetSpec], Latency]:
 
 @pytest.fixture
 def latency(deployed_model: DeployedModel, budgets: BudgetSpec, report_property: Record,
-            _latency_runs: dict[tuple[str, str, BudgetSpec], Latency]) -> Latency:
+            _latency_runs: dict[tuple[str, str, BudgetSpec], Latency], hil_report_dir: Path,
+            raw_samples: dict[str, dict[str, Any]]) -> Latency:
     """The model's latency run on this device, measured once and shared by the latency suite's tests."""
     key = (deployed_model.device.name, deployed_model.artifact.manifest.sha256, budgets)
-    if key not in _latency_runs:
-        _latency_runs[key] = measure_latency(deployed_model, budgets)
+    first = key not in _latency_runs
+    if first:
+        manifest = deployed_model.artifact.manifest
+        with allure.step(f"latency run of {manifest.name} {manifest.version} on {deployed_model.device.name}"):
+            _latency_runs[key] = measure_latency(deployed_model, budgets)
     measured = _latency_runs[key]
     for name, value in measured.properties():
         report_property(name, value)
+    raw = write_raw(hil_report_dir, deployed_model.device.name, deployed_model.artifact.manifest.name,
+                    "latency_ms", measured.run.latencies_ms, key=f"{key[0]} {key[1]}") if first else measured.raw
+    object.__setattr__(measured, "raw", raw)  # later tests of the same run point at the same file
+    raw_samples.update({name: raw.for_quantile(q) for q, name in PERCENTILE_KEYS.items()})
+    if first:
+        _attach_latency(measured, deployed_model)
     return measured
+
+
+def _attach_latency(measured: Latency, deployed: DeployedModel) -> None:
+    """The latency run in the report: summary, raw samples, histogram and CDF with the budgets, telemetry."""
+    title = f"{deployed.artifact.manifest.name} {deployed.artifact.manifest.version} on {deployed.device.name}"
+    marks = percentile_marks(measured.percentiles)
+    attach_json("latency summary", {**dict(measured.properties()), "stop": str(measured.run.stop)})
+    attach_csv("latencies (ms, run order)", samples_csv("latency_ms", measured.run.latencies_ms))
+    attach_png("latency histogram", latency_histogram_png(measured.run.latencies_ms, title=title, budgets=marks))
+    attach_png("latency CDF", latency_cdf_png(measured.run.latencies_ms, title=title, budgets=marks))
+    attach_json("runner telemetry", {"telemetry": [asdict(t) for t in measured.run.telemetry],
+                                     "throttling": measured.run.throttling, "cpu": asdict(measured.run.cpu),
+                                     "memory": asdict(measured.run.memory)})
 
 
 # -- accuracy: model facts and one eval run per device x model -----------------------------------
@@ -226,16 +266,26 @@ def _eval_runs() -> dict[tuple[str, str], EvalRun]:
     return {}
 
 
+@functools.cache
+def _dataset_record(path: Path) -> str:
+    """The eval set as summary.json's datasets list it: name, path and sha256 (hashed once per run)."""
+    return json.dumps({"name": path.stem, "path": str(path.relative_to(FIXTURES.parent)),
+                       "sha256": sha256_file(path)}, sort_keys=True)
+
+
 @pytest.fixture
-def device_eval(_eval_runs: dict[tuple[str, str], EvalRun]) -> Evaluate:
+def device_eval(_eval_runs: dict[tuple[str, str], EvalRun], request: pytest.FixtureRequest) -> Evaluate:
     """run_eval over the model's labelled eval set, once per device x model (int8 tests reuse their parent's)."""
 
     def evaluate(deployed: DeployedModel, info: dict[str, Any]) -> EvalRun:
         key = (deployed.device.name, deployed.artifact.manifest.sha256)
+        data = FIXTURES / info["eval_data"]  # info.json's paths are relative to fixtures/
+        request.node.user_properties.append(("hil.dataset", _dataset_record(data)))
         if key not in _eval_runs:
-            data = FIXTURES / info["eval_data"]  # info.json's paths are relative to fixtures/
-            _eval_runs[key] = run_eval(deployed, data, info["input"]["eval_key"], batch=EVAL_BATCH,
-                                       threads=threads_for(deployed.device))
+            manifest = deployed.artifact.manifest
+            with allure.step(f"eval run of {manifest.name} {manifest.version} on {deployed.device.name} ({data.name})"):
+                _eval_runs[key] = run_eval(deployed, data, info["input"]["eval_key"], batch=EVAL_BATCH,
+                                           threads=threads_for(deployed.device))
         return _eval_runs[key]
 
     return evaluate

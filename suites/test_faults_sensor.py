@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 
-from hil.budgets import BudgetSpec, check_max, check_min
+from hil.budgets import BudgetSpec, budgets_for_tags, check_max, check_min
 from hil.deploy import DeployedModel
 from hil.faults.sensor import SensorNoise
+from hil.report.allure_io import attach_png
+from hil.report.plots import accuracy_vs_noise_png
 from hil.runner import run_eval
 from hil.stats import top1_accuracy
 
@@ -128,6 +130,13 @@ def robustness(deployed_model: DeployedModel, model_info: dict[str, Any], device
     measured = _robustness_runs[key]
     for name, value in measured.properties():
         report_property(name, value)
+    report_property("hil.seed", SEED)
+    floor = budgets_for_tags(deployed_model.artifact.manifest.budgets,
+                             deployed_model.device.config.tags).limits().get(BUDGET_KEY)
+    title = (f"{deployed_model.artifact.manifest.name} on {deployed_model.device.name}: top-1 under Gaussian "
+             f"sensor noise (seed {SEED})")
+    attach_png("accuracy vs noise", accuracy_vs_noise_png(measured.snr_db, measured.accuracy, title=title,
+                                                          level_label="SNR (dB)", floor=floor))
     return measured
 
 

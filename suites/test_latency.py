@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from hil.budgets import BudgetSpec, check_max
+from hil.budgets import PERCENTILE_KEYS, BudgetSpec, check_max
+from hil.report.record import record_metric
 
 if TYPE_CHECKING:  # suites/conftest.py: the fixtures' types
     from conftest import Judge, Latency
@@ -29,7 +30,7 @@ def _sane_latencies(latency: Latency) -> None:
     assert 0 < s.throughput_ips < math.inf, s
 
 
-def test_latency_percentiles(latency: Latency, judge: Judge) -> None:
+def test_latency_percentiles(latency: Latency, judge: Judge, request: pytest.FixtureRequest) -> None:
     """Each latency percentile budget (p50/p90/p95/p99) for the device's tags, decided statistically.
 
     The run is adaptive: it stops at the first pre-planned look where the highest budgeted
@@ -39,11 +40,15 @@ def test_latency_percentiles(latency: Latency, judge: Judge) -> None:
     """
     if not latency.percentiles:
         _sane_latencies(latency)
+        for q in (50.0, 99.0):  # no budget, still compared run to run by `hil gate`
+            raw = latency.raw.for_quantile(q) if latency.raw is not None else None
+            record_metric(request.node, PERCENTILE_KEYS[q], getattr(latency.summary, f"p{q:g}_ms"), "ms", raw=raw,
+                          samples=latency.summary.count)
         return
     judge(*latency.percentiles)
 
 
-def test_cold_start(latency: Latency, budgets: BudgetSpec, judge: Judge) -> None:
+def test_cold_start(latency: Latency, budgets: BudgetSpec, judge: Judge, request: pytest.FixtureRequest) -> None:
     """Session creation plus first inference within cold_start_ms.
 
     Without a cold_start_ms budget for the device's tags: recorded, and only checked to be sane.
@@ -51,11 +56,12 @@ def test_cold_start(latency: Latency, budgets: BudgetSpec, judge: Judge) -> None
     cold = latency.cold_start_ms
     if budgets.cold_start_ms is None:
         assert 0 < latency.run.session.create_ms < cold < math.inf, latency.run.summary()
+        record_metric(request.node, "cold_start_ms", cold, "ms")
         return
     judge(check_max("cold_start_ms", cold, budgets.cold_start_ms, "ms"))
 
 
-def test_peak_memory(latency: Latency, budgets: BudgetSpec, judge: Judge) -> None:
+def test_peak_memory(latency: Latency, budgets: BudgetSpec, judge: Judge, request: pytest.FixtureRequest) -> None:
     """Peak resident memory of the inference process (runtime, session, timed loop) within memory_mib.
 
     Without a memory_mib budget for the device's tags: recorded, and only checked to be sane
@@ -64,5 +70,6 @@ def test_peak_memory(latency: Latency, budgets: BudgetSpec, judge: Judge) -> Non
     memory = latency.run.memory
     if budgets.memory_mib is None:
         assert memory.peak_rss_bytes > (memory.baseline_rss_bytes or 0) > 0, memory
+        record_metric(request.node, "memory_mib", memory.peak_rss_mib, "MiB")
         return
     judge(check_max("memory_mib", memory.peak_rss_mib, budgets.memory_mib, "MiB"))

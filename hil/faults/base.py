@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
+import allure
+
 from hil.deadline import Deadline
 from hil.device import Device
 from hil.errors import CapabilityMissing, InfraError
@@ -92,7 +94,8 @@ class Fault:
             self.record = FaultRecord(**{**self.record.__dict__, "deadman_pid": pid})
             ledger.record(self.device, self.record, self.undo_script())
         try:
-            self._apply()
+            with allure.step(f"apply fault {self.kind} on {self.device.name} {self.params}"):
+                self._apply()
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -115,7 +118,8 @@ class Fault:
                  tb: TracebackType | None) -> None:
         if self.record is None or self.event.reverted_at:
             return
-        self.event.reverted_by = self._revert()
+        with allure.step(f"revert fault {self.kind} on {self.device.name}"):
+            self.event.reverted_by = self._revert()
         self.event.reverted_at = _now()
         self.device.forget_facts()  # a clock or a disk fault changed what facts say
         log.info("%s: fault %s reverted (%s)", self.device.name, self.id, self.event.reverted_by)
