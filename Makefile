@@ -11,10 +11,15 @@ PYTEST_ARGS ?=
 setup:
 	@bash scripts/setup.sh
 
+# The exit status is pytest's (0 passed, 1 a failed budget or check), or 75 when only the lab failed
+# (retry); the HTML report is built either way.
 run: setup
-	@mkdir -p reports
+	@rm -rf reports/allure-results reports/raw reports/summary.json && mkdir -p reports
 	$(BIN)/hil --devices $(DEVICES) lab up
-	$(BIN)/pytest suites/ --hil-devices $(DEVICES) --junitxml=reports/junit.xml $(PYTEST_ARGS)
+	@status=0; $(BIN)/pytest suites/ --hil-devices $(DEVICES) --junitxml=reports/junit.xml \
+		--alluredir reports/allure-results $(PYTEST_ARGS) || status=$$?; \
+	$(BIN)/hil report --results reports/allure-results --out reports/allure-report || true; \
+	exit $$status
 
 test: setup lint
 	@mkdir -p reports

@@ -12,9 +12,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hil import rollout
 from hil.config import DeviceConfig, Inventory, load_inventory
 from hil.device import Device
 from hil.errors import ConfigError, HilError, InfraError
+from hil.report import gate, html
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 1, 2, 3
 
@@ -438,6 +440,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quantile", type=float, default=99.0, help="percentile for --limit-ms (default: 99)")
     bench.add_argument("--limit-ms", type=float, default=None, help="a latency budget of your own, judged too")
     bench.set_defaults(func=cmd_bench)
+
+    report = sub.add_parser("report", help="build the single-file HTML report from Allure results (Allure 3)")
+    html.add_arguments(report)
+    report.set_defaults(func=lambda a, _inventory: html.run(a), needs_inventory=False)
+    gating = sub.add_parser("gate", help="compare this run's summary.json with the last good run's",
+                            description="Exit status: 0 no regression, 1 a regression or a missing check, "
+                                        "2 unusable input.")
+    gate.add_arguments(gating)
+    gating.set_defaults(func=lambda a, _inventory: gate.run(a), needs_inventory=False)
+    canary = sub.add_parser("rollout", help="deploy a model version phase by phase, canary first, with an "
+                                            "acceptance suite; roll back on failure",
+                            description="Exit status: 0 rolled out, 1 a phase failed (rolled back), 2 bad input, "
+                                        "3 infrastructure stopped it (rolled back).")
+    rollout.add_arguments(canary)
+    canary.set_defaults(func=rollout.run_from_args)
     return parser
 
 

@@ -14,9 +14,11 @@ import getpass
 import json
 import logging
 import os
+import random
 import shlex
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -115,3 +117,35 @@ def holder_of(device: Device) -> LeaseInfo | None:
         return LeaseInfo(**json.loads(out))
     except (ValueError, TypeError):
         return LeaseInfo("unknown", "?", "?")
+
+
+def lease_together(devices: Sequence[Device], run_id: str, timeout: float, *, attempt_s: float = 1.0) -> list[Lease]:
+    """Lease every device or none, for a test that needs several at once.
+
+    Each attempt takes the leases in name order, waiting at most attempt_s for each; when one is
+    busy it gives back what it took, backs off a random while and tries again, until timeout.
+    Never holding some devices while waiting for others, two runs cannot deadlock, and the random
+    back-off keeps them from retrying in lockstep.
+    """
+    ordered = sorted(devices, key=lambda d: d.name)
+    deadline = Deadline.after(timeout)
+    busy: DeviceBusy | None = None
+    while True:
+        taken: list[Lease] = []
+        try:
+            for device in ordered:
+                taken.append(Lease(device, run_id, max(deadline.remaining_or(attempt_s), 0.1)).acquire())
+            return taken
+        except DeviceBusy as exc:
+            busy = exc
+        except BaseException:
+            for lease in taken:
+                lease.release()
+            raise
+        for lease in taken:
+            lease.release()
+        if deadline.expired:
+            names = ", ".join(d.name for d in ordered)
+            raise DeviceBusy(f"devices {names} could not be leased together within {timeout:g} s "
+                             f"(--hil-lease-timeout); last: {busy}")
+        deadline.sleep(random.uniform(0.2, 1.5))

@@ -22,7 +22,7 @@ from hil.errors import CapabilityMissing, ConfigError, DeviceUnhealthy, HilError
 from hil.faults.injector import FaultInjector
 from hil.faults.ledger import run_id as fault_run_id
 from hil.faults.ledger import sweep as sweep_faults
-from hil.lease import Lease
+from hil.lease import Lease, lease_together
 from hil.report.allure_io import attach_json
 
 log = logging.getLogger(__name__)
@@ -68,38 +68,88 @@ class HilSession:
     swept: dict[str, list[str]] = field(default_factory=dict)  # faults an earlier run left, undone at start
     run_id: str = field(default_factory=fault_run_id)
 
-    def acquire(self, name: str) -> Device:
+    def _check(self, name: str) -> None:
+        """A device already out of this run: its first test reports why, the others skip."""
         if name in self.broken:
             if name in self.reported:
                 pytest.skip(f"device '{name}' is out of this run (infrastructure): {self.broken[name]}")
             self.reported.add(name)
             raise DeviceUnhealthy(f"device '{name}' is out of this run (infrastructure): {self.broken[name]}")
-        if name in self.devices:
-            return self.devices[name]
+
+    def _out(self, name: str, reason: str, device: Device | None = None) -> None:
+        self._release(name)
+        if device is not None:
+            device.close()
+        self.broken[name] = reason
+        self._check(name)  # raises
+
+    def _connect(self, name: str) -> Device:
         assert self.inventory is not None
         config = self.inventory.get(name)
+        if config.emulated:
+            self._ensure_lab()
+        return Device(config)
+
+    def acquire(self, name: str) -> Device:
+        """The device, leased for the run (or, under xdist, by the test), swept of old faults and healthy."""
+        self._check(name)
+        if name in self.devices:
+            return self.devices[name]
+        device = None
         try:
-            if config.emulated:
-                self._ensure_lab()
-            device = Device(config)
+            device = self._connect(name)
             if not self.per_test_lease:
                 # Held for the whole run: no other run touches this device until this one ends or dies.
                 self.leases[name] = Lease(device, self.run_id, self.lease_timeout).acquire()
+        except HilError as exc:
+            self._out(name, str(exc), device)
+        assert device is not None
+        return self._ready(name, device)
+
+    def acquire_together(self, names: list[str]) -> tuple[list[Device], list[Lease]]:
+        """Several devices for one test, leased all at once or not at all (see hil.lease.lease_together).
+
+        Returns the devices and, under xdist, the test's own leases to release; otherwise the leases
+        join the run's. Run-wide leases the run already holds on them are given back first: holding
+        some while waiting for others is how two runs would deadlock.
+        """
+        names = sorted(set(names))
+        for name in names:
+            self._check(name)
+        devices: dict[str, Device] = {}
+        for name in names:
+            try:
+                devices[name] = self.devices.get(name) or self._connect(name)
+            except HilError as exc:
+                self._out(name, str(exc))
+        for name in names:
+            self._release(name)
+        taken = lease_together(list(devices.values()), self.run_id, self.lease_timeout)  # DeviceBusy: infra
+        if not self.per_test_lease:
+            self.leases.update({lease.device.name: lease for lease in taken})
+            taken = []
+        try:
+            ready = [self._ready(name, devices[name]) for name in names]
+        except BaseException:
+            for lease in taken:
+                lease.release()
+            raise
+        return ready, taken
+
+    def _ready(self, name: str, device: Device) -> Device:
+        if name in self.devices:
+            return device
+        try:
             # What a crashed run left applied (a full disk, a dropped network...) is undone first: it
             # would fail the health check, and no test may run on a device in an unknown state.
             left = sweep_faults(device)
             health = device.health()
         except HilError as exc:
-            self._release(name)
-            self.broken[name] = str(exc)
-            return self.acquire(name)
+            self._out(name, str(exc), device)
         if left:
             self.swept[name] = [f"{r.kind} {r.params} (applied {r.applied_at}, run {r.run_id or '?'})" for r in left]
         if not health.ok:
-            self._release(name)
-            device.close()
-            self.broken[name] = "; ".join(health.problems)
-            return self.acquire(name)
+            self._out(name, "; ".join(health.problems), device)
         for warning in health.warnings:
             log.warning("%s: %s", name, warning)
         self.devices[name] = device
@@ -156,6 +206,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "faults: suites that inject faults (network, clock, disk, sensor noise)")
     config.addinivalue_line("markers", "perf: performance suites (latency, cold start, memory, throughput)")
     config.addinivalue_line("markers", "accuracy: accuracy suites (outputs vs reference, top-1, int8 vs fp32)")
+    config.addinivalue_line("markers", "hil_devices(count=2, tags=[]): the `devices` fixture gets that many devices "
+                                       "having all the tags, leased together")
     path = _inventory_path(config)
     inventory = None
     if path is not None:
@@ -259,6 +311,33 @@ def device(request: pytest.FixtureRequest) -> Iterator[Device]:
             yield dev
     else:
         yield dev
+
+
+@pytest.fixture
+def devices(request: pytest.FixtureRequest) -> Iterator[list[Device]]:
+    """Several devices for one test, as `@pytest.mark.hil_devices(count=2, tags=["jetson"])` asks (default:
+    2 devices, any tags), in name order, leased together (all or none, so runs cannot deadlock)."""
+    session = _session(request.config)
+    if session.inventory is None:
+        raise pytest.UsageError(f"the 'devices' fixture needs a {DEFAULT_DEVICES}: pass --hil-devices PATH")
+    marker = request.node.get_closest_marker("hil_devices")
+    count = int(marker.kwargs.get("count", 2)) if marker else 2
+    tags = set(marker.kwargs.get("tags", ())) if marker else set()
+    fitting = [n for n in session.selected if tags <= set(session.inventory.get(n).tags)]
+    usable = [n for n in fitting if n not in session.broken]
+    if len(usable) < count:
+        wanted = f"{count} devices" + (f" tagged {', '.join(sorted(tags))}" if tags else "")
+        out = [n for n in fitting if n in session.broken]
+        pytest.skip(f"needs {wanted}; this run has {len(usable)} usable ({', '.join(usable) or 'none'})"
+                    + (f"; out of the run: {', '.join(out)}" if out else ""))
+    chosen = usable[:count]
+    request.node.user_properties.append(("hil.device", ",".join(chosen)))
+    leased, leases = session.acquire_together(chosen)
+    try:
+        yield leased
+    finally:
+        for lease in leases:
+            lease.release()
 
 
 @pytest.fixture

@@ -251,7 +251,7 @@ def acceptance_command(options: Options, inventory_path: Path, devices: Sequence
     for name in devices:
         command += ["--hil-device", name]
     command += ["--hil-artifact", str(options.artifact_dir), "--hil-lease-timeout", f"{options.lease_timeout:g}",
-                "-p", "no:cacheprovider"]
+                "--hil-report-dir", str(junit.with_suffix("")), "-p", "no:cacheprovider"]  # its summary.json apart
     if options.allow_cpu_fallback:
         command.append("--hil-allow-cpu-fallback")
     return command

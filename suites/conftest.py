@@ -166,6 +166,19 @@ class Latency:
         """Session creation plus the first inference: what a freshly started service waits."""
         return self.run.session.create_ms + self.run.cold_start_ms
 
+    def attach(self) -> None:
+        """The run in the report: summary, raw samples, histogram and CDF with the budgets, telemetry."""
+        run = self.run
+        title = f"{run.context.model} {run.context.version} on {run.context.device}"
+        marks = percentile_marks(self.percentiles)
+        attach_json("latency summary", {**dict(self.properties()), "stop": str(run.stop)})
+        attach_csv("latencies (ms, run order)", samples_csv("latency_ms", run.latencies_ms))
+        attach_png("latency histogram", latency_histogram_png(run.latencies_ms, title=title, budgets=marks))
+        attach_png("latency CDF", latency_cdf_png(run.latencies_ms, title=title, budgets=marks))
+        attach_json("runner telemetry", {"telemetry": [asdict(t) for t in run.telemetry],
+                                         "throttling": run.throttling, "cpu": asdict(run.cpu),
+                                         "memory": asdict(run.memory)})
+
     def properties(self) -> Iterator[tuple[str, object]]:
         s, run = self.summary, self.run
         for key in ("count", "min_ms", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "cv"):
@@ -223,22 +236,7 @@ def latency(deployed_model: DeployedModel, budgets: BudgetSpec, report_property:
                     "latency_ms", measured.run.latencies_ms, key=f"{key[0]} {key[1]}") if first else measured.raw
     object.__setattr__(measured, "raw", raw)  # later tests of the same run point at the same file
     raw_samples.update({name: raw.for_quantile(q) for q, name in PERCENTILE_KEYS.items()})
-    if first:
-        _attach_latency(measured, deployed_model)
     return measured
-
-
-def _attach_latency(measured: Latency, deployed: DeployedModel) -> None:
-    """The latency run in the report: summary, raw samples, histogram and CDF with the budgets, telemetry."""
-    title = f"{deployed.artifact.manifest.name} {deployed.artifact.manifest.version} on {deployed.device.name}"
-    marks = percentile_marks(measured.percentiles)
-    attach_json("latency summary", {**dict(measured.properties()), "stop": str(measured.run.stop)})
-    attach_csv("latencies (ms, run order)", samples_csv("latency_ms", measured.run.latencies_ms))
-    attach_png("latency histogram", latency_histogram_png(measured.run.latencies_ms, title=title, budgets=marks))
-    attach_png("latency CDF", latency_cdf_png(measured.run.latencies_ms, title=title, budgets=marks))
-    attach_json("runner telemetry", {"telemetry": [asdict(t) for t in measured.run.telemetry],
-                                     "throttling": measured.run.throttling, "cpu": asdict(measured.run.cpu),
-                                     "memory": asdict(measured.run.memory)})
 
 
 # -- accuracy: model facts and one eval run per device x model -----------------------------------

@@ -172,7 +172,8 @@ def test_acceptance_command_runs_the_phase_devices_under_the_plugin(tmp_path: Pa
     assert command[1:3] == ["-m", "pytest"]
     tail = command[command.index("suite/") + 1:]
     assert tail == ["--hil-devices", str(tmp_path / "devices.toml"), "--hil-device", "roll-b", "--hil-device",
-                    "roll-c", "--hil-artifact", str(MODEL), "--hil-lease-timeout", "30", "-p", "no:cacheprovider"]
+                    "roll-c", "--hil-artifact", str(MODEL), "--hil-lease-timeout", "30",
+                    "--hil-report-dir", str(tmp_path / "p"), "-p", "no:cacheprovider"]
     assert "smoke and not slow" in command
 
 
