@@ -193,3 +193,23 @@ bind_interface = "{lab.config.bridge}"
     assert broken["category"] == INFRASTRUCTURE and broken["device"] == "ghost"
     results = [json.loads(p.read_text()) for p in (reports / "allure-results").glob("*-result.json")]
     assert "broken" in {r["status"] for r in results} and "failed" not in {r["status"] for r in results}
+
+
+def test_xdist_workers_merge_into_one_summary_and_result_set(lab: EmulatedLab, tmp_path: Path) -> None:
+    devices = _devices_toml(tmp_path)
+    reports = tmp_path / "reports"
+    args = [sys.executable, "-m", "pytest", "suites/test_smoke.py", "-n", "2", "-p", "no:cacheprovider",
+            f"--hil-devices={devices}", f"--hil-report-dir={reports}", f"--alluredir={reports / 'allure-results'}"]
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTEST_ADDOPTS": ""})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((reports / "summary.json").read_text())
+    nodeids = [t["nodeid"] for t in summary["tests"]]
+    assert len(nodeids) == len(set(nodeids)) == summary["counts"]["passed"] > 0
+    assert {t["device"] for t in summary["tests"]} == {"emu-a", "emu-b"}
+    assert set(summary["devices"]) == {"emu-a", "emu-b"}
+    results = [json.loads(p.read_text()) for p in (reports / "allure-results").glob("*-result.json")]
+    assert len(results) == len(nodeids)
+    threads = {label["value"] for r in results for label in r["labels"] if label["name"] == "thread"}
+    assert len({t.split("-")[0] for t in threads}) == 2, f"not both workers wrote results: {threads}"
+    assert (reports / "allure-results" / "categories.json").is_file()
