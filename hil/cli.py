@@ -16,7 +16,7 @@ from hil import rollout
 from hil.config import DeviceConfig, Inventory, load_inventory
 from hil.device import Device
 from hil.errors import ConfigError, HilError, InfraError
-from hil.report import gate, html
+from hil.report import evidence, gate, html
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 1, 2, 3
 
@@ -449,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "2 unusable input.")
     gate.add_arguments(gating)
     gating.set_defaults(func=lambda a, _inventory: gate.run(a), needs_inventory=False)
+    evidence.add_arguments(sub)
     canary = sub.add_parser("rollout", help="deploy a model version phase by phase, canary first, with an "
                                             "acceptance suite; roll back on failure",
                             description="Exit status: 0 rolled out, 1 a phase failed (rolled back), 2 bad input, "
