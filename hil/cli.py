@@ -94,16 +94,21 @@ def cmd_devices_check(args: argparse.Namespace, inventory: Inventory) -> int:
     chosen = inventory.select(args.names)
     if any(d.emulated for d in chosen):
         _lab(inventory).ensure_up([d.name for d in chosen if d.emulated])
+    from hil.faults import pending
+
     rows = []
     for config in chosen:
         device = Device(config)
         health = device.health()
+        # Read-only: a run holding the device may have applied them; `hil faults clear` undoes them.
+        left = [f"fault {r.kind} left applied (run {r.run_id or '?'}): `hil faults clear {config.name}`"
+                for r in pending(device)] if health.ok else []
         device.close()
         facts = health.details.get("facts", {})
-        rows.append([config.name, "ok" if health.ok else "UNHEALTHY", f"{health.seconds:.2f}s",
+        rows.append([config.name, "ok" if health.ok and not left else "UNHEALTHY", f"{health.seconds:.2f}s",
                      facts.get("onnxruntime", "-"), facts.get("clock_offset", "-"),
-                     "; ".join(health.problems + health.warnings) or "-"])
-    print(_table(rows, ["DEVICE", "HEALTH", "TIME", "ONNXRUNTIME", "CLOCK", "PROBLEMS"]))
+                     "; ".join([*health.problems, *left, *health.warnings]) or "-"])
+    print(_table(rows, ["DEVICE", "HEALTH", "TIME", "ONNXRUNTIME", "CLOCK", "PROBLEMS / WARNINGS"]))
     return 0 if all(r[1] == "ok" for r in rows) else EXIT_INFRA
 
 

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hil.conditions import PROBE as CONDITIONS_PROBE
+from hil.conditions import parse_probe, timing_warnings
 from hil.config import DEFAULT_WORKDIR, DeviceConfig
 from hil.deadline import Deadline
 from hil.errors import CommandFailed, HilError, InfraError, PrivilegeUnavailable, TransportError
@@ -84,6 +86,7 @@ class Health:
     problems: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     seconds: float = 0.0
+    timing_warnings: tuple[str, ...] = ()  # the warnings that make latency verdicts inconclusive
     details: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
@@ -271,7 +274,8 @@ class Device:
         self._facts = None
 
     def health(self, max_clock_offset: float = 5.0) -> Health:
-        """Reachable, workdir writable with free space, clock sane, onnxruntime importable."""
+        """Reachable (and its serial console, if it has one), workdir writable with free space, clock sane,
+        onnxruntime importable; CPU governor and thermal headroom as warnings."""
         started = time.monotonic()
         problems: list[str] = []
         warnings: list[str] = []
@@ -293,8 +297,20 @@ class Device:
                             f"install it on the device (pip install onnxruntime)")
         if abs(facts.clock.offset) > max_clock_offset:
             warnings.append(f"device clock is off by {facts.clock}")
-        return Health(self.name, not problems, tuple(problems), tuple(warnings), time.monotonic() - started,
-                      {"facts": facts.summary()})
+        if self.config.serial is not None:
+            try:
+                answered = self.console("echo hil-serial-ok", timeout=15).stdout.strip() == "hil-serial-ok"
+                reason = "" if answered else "its shell did not echo back"
+            except HilError as exc:
+                answered, reason = False, str(exc)
+            if not answered:
+                problems.append(f"serial console {self.config.serial.port} does not answer: {reason}")
+        try:
+            timing = timing_warnings(*parse_probe(self.run(CONDITIONS_PROBE, timeout=15).stdout))
+        except InfraError as exc:
+            return Health(self.name, False, (str(exc),), seconds=time.monotonic() - started)
+        return Health(self.name, not problems, tuple(problems), (*warnings, *timing), time.monotonic() - started,
+                      details={"facts": facts.summary()}, timing_warnings=tuple(timing))
 
     # -- reboot -------------------------------------------------------------------------------
 

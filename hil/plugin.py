@@ -66,6 +66,7 @@ class HilSession:
     per_test_lease: bool = False  # pytest-xdist workers lease per test (see the device fixture)
     leases: dict[str, Lease] = field(default_factory=dict)
     swept: dict[str, list[str]] = field(default_factory=dict)  # faults an earlier run left, undone at start
+    timing: dict[str, tuple[str, ...]] = field(default_factory=dict)  # health warnings that void a timing FAIL
     run_id: str = field(default_factory=fault_run_id)
 
     def _check(self, name: str) -> None:
@@ -152,6 +153,7 @@ class HilSession:
             self._out(name, "; ".join(health.problems), device)
         for warning in health.warnings:
             log.warning("%s: %s", name, warning)
+        self.timing[name] = health.timing_warnings
         self.devices[name] = device
         return device
 
@@ -311,6 +313,16 @@ def device(request: pytest.FixtureRequest) -> Iterator[Device]:
             yield dev
     else:
         yield dev
+
+
+@pytest.fixture
+def timing_warnings(request: pytest.FixtureRequest, device: Device) -> tuple[str, ...]:
+    """What the health check found that makes timings on `device` unreliable (CPU governor, thermal headroom):
+    with any, a latency FAIL is reported INCONCLUSIVE (hil.conditions.temper)."""
+    warnings = _session(request.config).timing.get(device.name, ())
+    for i, warning in enumerate(warnings):
+        request.node.user_properties.append((f"hil.health.timing_warning.{i}", warning))
+    return warnings
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from hil.budgets import (
     check_percentile,
     combine,
 )
+from hil.conditions import temper
 from hil.deploy import DeployedModel
 from hil.report.allure_io import attach_csv, attach_json, attach_png, attach_text, budget_table, samples_csv
 from hil.report.plots import latency_cdf_png, latency_histogram_png, percentile_marks
@@ -107,9 +108,11 @@ class Judge:
     context: Context
     node: pytest.Item
     raw: dict[str, dict[str, Any]]  # check name -> where its raw samples are (see hil.report.record)
+    timing_warnings: tuple[str, ...] = ()  # the device's health warnings: a timing FAIL is then INCONCLUSIVE
 
     def __call__(self, *measurements: Measurement) -> None:
         """Record every measurement, then raise for the first FAIL, else the first INCONCLUSIVE."""
+        measurements = tuple(temper(m, self.timing_warnings) for m in measurements)
         for m in measurements:
             self.node.user_properties.append((f"hil.measurement.{m.name}", str(m)))
             self.node.user_properties.append((f"hil.verdict.{m.name}", m.verdict.value))
@@ -127,8 +130,9 @@ def raw_samples() -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture
-def judge(budget_context: Context, request: pytest.FixtureRequest, raw_samples: dict[str, dict[str, Any]]) -> Judge:
-    return Judge(budget_context, request.node, raw_samples)
+def judge(budget_context: Context, request: pytest.FixtureRequest, raw_samples: dict[str, dict[str, Any]],
+          timing_warnings: tuple[str, ...]) -> Judge:
+    return Judge(budget_context, request.node, raw_samples, timing_warnings)
 
 
 def percentile_verdicts(latencies_ms: np.ndarray, limits: dict[float, float],
