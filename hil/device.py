@@ -298,11 +298,14 @@ class Device:
         if abs(facts.clock.offset) > max_clock_offset:
             warnings.append(f"device clock is off by {facts.clock}")
         if self.config.serial is not None:
+            was_open = self._serial is not None
             try:
                 answered = self.console("echo hil-serial-ok", timeout=15).stdout.strip() == "hil-serial-ok"
                 reason = "" if answered else "its shell did not echo back"
             except HilError as exc:
                 answered, reason = False, str(exc)
+            if not was_open:
+                self.close_console()  # a console is exclusive: hold it only while a test uses it
             if not answered:
                 problems.append(f"serial console {self.config.serial.port} does not answer: {reason}")
         try:
@@ -353,6 +356,12 @@ class Device:
         state = "did not come back" if went_down is not None else "never went down"
         raise InfraError(f"device '{self.name}': reboot with {self.config.reboot_command!r} {state} within "
                          f"{deadline.seconds:g} s (reboot_timeout in devices.toml)")
+
+    def close_console(self) -> None:
+        """Let go of the serial console (only one process can have it open); it reopens on next use."""
+        if self._serial is not None:
+            self._serial.close()
+            self._serial = None
 
     def close(self) -> None:
         self.ssh.close()

@@ -184,6 +184,8 @@ class HilSession:
     def _release(self, name: str) -> None:
         lease = self.leases.pop(name, None)
         if lease is not None:
+            if name in self.devices:
+                self.devices[name].close_console()  # the next holder of the device needs its console
             lease.release()
 
     def close(self) -> None:
@@ -310,7 +312,10 @@ def device(request: pytest.FixtureRequest) -> Iterator[Device]:
         # A pytest-xdist worker holds a device only for each test: workers can then share a device in turns
         # (one test at a time), however xdist spreads the tests.
         with Lease(dev, session.run_id, session.lease_timeout):
-            yield dev
+            try:
+                yield dev
+            finally:
+                dev.close_console()  # the next holder of the device needs its console
     else:
         yield dev
 
@@ -349,6 +354,7 @@ def devices(request: pytest.FixtureRequest) -> Iterator[list[Device]]:
         yield leased
     finally:
         for lease in leases:
+            lease.device.close_console()
             lease.release()
 
 
