@@ -67,6 +67,7 @@ class HilSession:
     leases: dict[str, Lease] = field(default_factory=dict)
     swept: dict[str, list[str]] = field(default_factory=dict)  # faults an earlier run left, undone at start
     timing: dict[str, tuple[str, ...]] = field(default_factory=dict)  # health warnings that void a timing FAIL
+    pending: dict[str, Device] = field(default_factory=dict)  # connected, not yet checked (see connection)
     run_id: str = field(default_factory=fault_run_id)
 
     def _check(self, name: str) -> None:
@@ -79,6 +80,7 @@ class HilSession:
 
     def _out(self, name: str, reason: str, device: Device | None = None) -> None:
         self._release(name)
+        device = device or self.pending.pop(name, None)
         if device is not None:
             device.close()
         self.broken[name] = reason
@@ -91,14 +93,26 @@ class HilSession:
             self._ensure_lab()
         return Device(config)
 
+    def connection(self, name: str) -> Device:
+        """The device's connection, before any lease, health check or sweep (a per-test lease needs it)."""
+        self._check(name)
+        if name in self.devices:
+            return self.devices[name]
+        if name not in self.pending:
+            try:
+                self.pending[name] = self._connect(name)
+            except HilError as exc:
+                self._out(name, str(exc))
+        return self.pending[name]
+
     def acquire(self, name: str) -> Device:
         """The device, leased for the run (or, under xdist, by the test), swept of old faults and healthy."""
         self._check(name)
         if name in self.devices:
             return self.devices[name]
-        device = None
+        device = self.pending.pop(name, None)
         try:
-            device = self._connect(name)
+            device = device or self._connect(name)
             if not self.per_test_lease:
                 # Held for the whole run: no other run touches this device until this one ends or dies.
                 self.leases[name] = Lease(device, self.run_id, self.lease_timeout).acquire()
@@ -119,10 +133,7 @@ class HilSession:
             self._check(name)
         devices: dict[str, Device] = {}
         for name in names:
-            try:
-                devices[name] = self.devices.get(name) or self._connect(name)
-            except HilError as exc:
-                self._out(name, str(exc))
+            devices[name] = self.connection(name)
         for name in names:
             self._release(name)
         taken = lease_together(list(devices.values()), self.run_id, self.lease_timeout)  # DeviceBusy: infra
@@ -130,7 +141,7 @@ class HilSession:
             self.leases.update({lease.device.name: lease for lease in taken})
             taken = []
         try:
-            ready = [self._ready(name, devices[name]) for name in names]
+            ready = [self._ready(name, self.pending.pop(name, devices[name])) for name in names]
         except BaseException:
             for lease in taken:
                 lease.release()
@@ -191,9 +202,10 @@ class HilSession:
     def close(self) -> None:
         for name in list(self.leases):
             self._release(name)
-        for device in self.devices.values():
+        for device in [*self.devices.values(), *self.pending.values()]:
             device.close()
         self.devices.clear()
+        self.pending.clear()
 
 
 def _inventory_path(config: pytest.Config) -> Path | None:
@@ -303,21 +315,26 @@ def device(request: pytest.FixtureRequest) -> Iterator[Device]:
         raise pytest.UsageError(f"the 'device' fixture needs a {DEFAULT_DEVICES}: pass --hil-devices PATH")
     name: str = request.param
     request.node.user_properties.append(("hil.device", name))
-    dev = session.acquire(name)
+    if not session.per_test_lease:
+        yield _report_facts(request, session.acquire(name))  # leased for the whole run
+        return
+    # A pytest-xdist worker holds a device only for each test: workers can then share a device in turns
+    # (one test at a time), however xdist spreads the tests. Everything, the first health check and
+    # the sweep of old faults included, happens under the lease.
+    with Lease(session.connection(name), session.run_id, session.lease_timeout):
+        dev = session.acquire(name)
+        try:
+            yield _report_facts(request, dev)
+        finally:
+            dev.close_console()  # the next holder of the device needs its console
+
+
+def _report_facts(request: pytest.FixtureRequest, dev: Device) -> Device:
     facts = dev.facts().summary()
     for key, value in facts.items():
         request.node.user_properties.append((f"hil.facts.{key}", value))
-    attach_json(f"device facts ({name})", facts)
-    if session.per_test_lease:
-        # A pytest-xdist worker holds a device only for each test: workers can then share a device in turns
-        # (one test at a time), however xdist spreads the tests.
-        with Lease(dev, session.run_id, session.lease_timeout):
-            try:
-                yield dev
-            finally:
-                dev.close_console()  # the next holder of the device needs its console
-    else:
-        yield dev
+    attach_json(f"device facts ({dev.name})", facts)
+    return dev
 
 
 @pytest.fixture
