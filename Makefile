@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python benchmarks/lab_speed.py
 	$(BIN)/python benchmarks/deploy_speed.py --devices $(DEVICES)
 	$(BIN)/python benchmarks/runner_fidelity.py --devices $(DEVICES)
+	$(BIN)/python benchmarks/parallel_speed.py
 
 clean:
 	rm -rf reports .venv *.egg-info
