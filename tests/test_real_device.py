@@ -35,6 +35,16 @@ def test_reached_through_the_bastion_as_the_login_user(edge: Device, handbuilt: 
     assert edge.workdir == f"/home/{handbuilt.user}/hil"  # ~/hil, under the login user's home
 
 
+def test_serial_console_with_login_and_noise_is_exact(edge: Device) -> None:
+    # First on the console in this module: the kernel message comes 2 s after a login, and only the
+    # first use logs in (hil keeps a console's session, as a person at the console would).
+    result = edge.console("printf 'a\\nb\\n'; sleep 2.5; echo c; sh -c 'exit 4'", timeout=20)
+    assert result.exit_status == 4
+    assert result.stdout == "a\nb\nc\n"  # the kernel message that landed meanwhile is not in the output
+    assert KERNEL_MESSAGE.encode() in edge.serial.console_log  # but the raw log kept it
+    assert edge.console("whoami", timeout=10).stdout == "hiledge\n"
+
+
 def test_facts_use_the_devices_own_python(edge: Device, handbuilt: HandBuilt) -> None:
     facts = edge.facts()
     assert facts.python_executable == handbuilt.python
@@ -67,14 +77,6 @@ def test_without_a_way_to_root_operations_are_skipped_not_half_done(edge: Device
     finally:
         wrong.close()
         none.close()
-
-
-def test_serial_console_with_login_and_noise_is_exact(edge: Device) -> None:
-    result = edge.console("printf 'a\\nb\\n'; sleep 2.5; echo c; sh -c 'exit 4'", timeout=20)
-    assert result.exit_status == 4
-    assert result.stdout == "a\nb\nc\n"  # the kernel message that landed meanwhile is not in the output
-    assert KERNEL_MESSAGE.encode() in edge.serial.console_log  # but the raw log kept it
-    assert edge.console("whoami", timeout=10).stdout == "hiledge\n"
 
 
 def test_smoke_and_deploy_suites_run_against_it(handbuilt: HandBuilt) -> None:

@@ -54,7 +54,6 @@ SETUP_LINE = (
 _POLL = 0.05  # longest single blocking read: how late a deadline can be noticed, not a latency
 _QUIET = 0.25  # no output for this long after Ctrl-C: the console has said what it will say
 _SETTLE = 0.05  # a prompt-looking tail must stay unchanged this long before we answer it
-LOGOUT_TIMEOUT = 5.0  # closing a console we logged in to waits at most this long for its login prompt
 _AFTER_LOGIN_QUIET = 2.0  # a login may take a while to ask for the password
 _AFTER_PASSWORD_QUIET = 1.0
 _WRITE_STALL = 10.0  # a console that accepts no byte for this long is stuck
@@ -83,7 +82,6 @@ class SerialTransport:
         self.drop_kernel_lines = drop_kernel_lines
         self._port: serial.SerialBase | None = None
         self._synced = False
-        self._logged_in = False  # this transport logged in (so it logs out on close)
         self._lock = threading.Lock()
         self._rx = bytearray()  # what was read during the current exchange
         self._mark = 0  # where in _rx the text after the last end marker starts
@@ -135,20 +133,6 @@ class SerialTransport:
 
     def close(self) -> None:
         with self._lock:
-            if self._logged_in and self._port is not None:
-                # We logged in, so we log out: a console left logged in hands a shell to whoever opens it
-                # next. Consoles that never asked for a login (a bare shell) are left as they are.
-                try:
-                    self._clear()
-                    self._port.write(b"exit\n")
-                    self._port.flush()
-                    # Until the login prompt is back: the next opener must find a clean console.
-                    deadline = Deadline(LOGOUT_TIMEOUT)
-                    while not deadline.expired and not _LOGIN_PROMPT.search(self._tail()):
-                        self._read_chunk()
-                except (serial.SerialException, OSError, HilError) as exc:
-                    log.debug("device %s: logging out of %s: %s", self.device_name, self.config.port, exc)
-                self._logged_in = False
             self._drop_port()
 
     def __enter__(self) -> SerialTransport:
@@ -237,7 +221,6 @@ class SerialTransport:
         if self.config.login is None:
             raise SerialAuthError(self._auth_failure("asks for a login but `serial.login` is not set"))
         log.info("device %s: logging in on %s as %s", self.device_name, self.config.port, self.config.login)
-        self._logged_in = True
         self._clear()
         self._send(self.config.login.encode() + b"\n", deadline)
         # Not stopping at "login:" here: a prompt reprinted for our own newline may still arrive.
