@@ -182,15 +182,32 @@ class SerialTransport:
             self._clear()
             self._send(b"\x03\n", deadline)  # abandon whatever is running or half-typed
             text = self._settle(deadline, _QUIET, self._stops)
+            if not any(p.search(text) for p in (*self._prompts, _LOGIN_PROMPT, _PASSWORD_PROMPT)):
+                # Nothing prompt-like yet: a getty just respawned after a logout may still be starting,
+                # and a line sent now would be taken as a user name.
+                text = self._settle(deadline, _AFTER_LOGIN_QUIET, self._stops)
             self._log_in_if_asked(text, deadline)
-            self._send(SETUP_LINE.encode() + b"\n", deadline)
-            parsed = self._exchange(wrap(f"echo {probe}", token), token, deadline)
+            parsed = self._probe(probe, token, deadline)
         except _Expired:
-            raise SerialConnectError(self._sync_failure("no shell answered")) from None
+            if not _LOGIN_PROMPT.search(self._tail()):
+                raise SerialConnectError(self._sync_failure("no shell answered")) from None
+            # Our lines reached a login prompt that showed up late (a getty respawning after a
+            # logout took them for a user name and a password): log in now and ask again.
+            log.info("device %s: a login prompt came late on %s; logging in", self.device_name, self.config.port)
+            retry = Deadline(self.config.timeout)
+            try:
+                self._log_in_if_asked(self._tail(), retry)
+                parsed = self._probe(probe, token := new_token(), retry)
+            except _Expired:
+                raise SerialConnectError(self._sync_failure("no shell answered")) from None
         if parsed.output.strip() != probe:
             raise SerialConnectError(self._sync_failure(f"unexpected reply {parsed.output!r}"))
         self._synced = True
         log.debug("device %s: synced to the shell on %s", self.device_name, self.config.port)
+
+    def _probe(self, probe: str, token: str, deadline: Deadline) -> ParsedOutput:
+        self._send(SETUP_LINE.encode() + b"\n", deadline)
+        return self._exchange(wrap(f"echo {probe}", token), token, deadline)
 
     def _sync_failure(self, what: str) -> str:
         tail = self._text()[-200:]
