@@ -24,6 +24,7 @@ from hil.faults.ledger import run_id as fault_run_id
 from hil.faults.ledger import sweep as sweep_faults
 from hil.lease import Lease, lease_together
 from hil.report.allure_io import attach_json
+from hil.xdist_scheduling import make_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +255,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log) -> object:  # type: ignore[no-untyped-def]
+    """pytest-xdist: one worker per device at a time (see hil.xdist_scheduling)."""
+    return make_scheduler(config, log, hil_session(config).selected)
+
+
+@pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node) -> None:  # type: ignore[no-untyped-def]
     """pytest-xdist: each worker gets the controller's run id."""
     node.workerinput["hil_run_id"] = hil_session(node.config).run_id
@@ -295,16 +302,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         marks = [getattr(pytest.mark, tag) for tag in config.tags]
         params.append(pytest.param(name, id=name, marks=marks))
     metafunc.parametrize("device", params, indirect=True)
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With pytest-xdist's `--dist loadgroup`, the tests of one device go to one worker (fewer lease hand-overs);
-    with any other distribution the per-test leases keep a device to one test at a time."""
-    for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        if "device" in params:
-            item.add_marker(pytest.mark.xdist_group(name=f"hil-device-{params['device']}"))
 
 
 @pytest.fixture
