@@ -160,6 +160,14 @@ class DeployConfig:
     artifacts: tuple[str, ...] = ()  # globs of artifact directories, relative to devices.toml
 
 
+def _glob(base: Path, pattern: str) -> list[Path]:
+    """`pattern` relative to `base`, or as it is when absolute (Path.glob takes relative patterns only)."""
+    path = Path(pattern)
+    if path.is_absolute():
+        return list(Path(path.anchor).glob(str(path.relative_to(path.anchor))))
+    return list(base.glob(pattern))
+
+
 @dataclass(frozen=True)
 class Inventory:
     path: Path
@@ -172,9 +180,9 @@ class Inventory:
         base = self.path.parent
         found: dict[Path, None] = {}
         for pattern in self.deploy.artifacts:
-            for match in sorted(base.glob(pattern)):
+            for match in sorted(_glob(base, pattern)):
                 if (match / "manifest.toml").is_file():
-                    found[match] = None
+                    found[match.resolve()] = None  # one artifact named by two patterns is one
         return list(found)
 
     @property

@@ -1062,3 +1062,16 @@ def test_serial_port_is_relative_to_devices_toml(tmp_path: Path, lab_files: Path
     inventory = load(tmp_path, real(serial='port = "ttyUSB0"'))
     serial = inventory.get("orin-01").serial
     assert serial is not None and serial.port == str(tmp_path / "ttyUSB0")
+
+
+def test_artifact_globs_may_be_absolute(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    for name in ("b", "a"):
+        (models / name).mkdir(parents=True)
+        (models / name / "manifest.toml").write_text("")
+    (models / "not-an-artifact").mkdir()
+    path = tmp_path / "lab" / "devices.toml"
+    path.parent.mkdir()
+    path.write_text(f'[deploy]\nartifacts = ["{models}/*", "../models/a"]\n\n'
+                    '[[devices]]\nname = "emu"\nemulated = true\n')
+    assert load_inventory(path).artifact_dirs() == [models / "a", models / "b"]  # resolved, each once
