@@ -242,8 +242,11 @@ class Device:
             try:
                 device_time = float(result.stdout)
             except ValueError:
+                # Exit status and stderr too: an empty answer has causes other than a date without %N.
                 raise TransportError(f"device '{self.name}': `date +%s.%N` printed {result.stdout.strip()!r}, "
-                                     "not seconds; hil needs a date with %N (coreutils)") from None
+                                     f"not seconds (exit status {result.exit_status}, stderr "
+                                     f"{result.stderr.strip()[-300:]!r}); hil needs a date with %N (coreutils)"
+                                     ) from None
             rtt = after - before
             if best is None or rtt < best[0]:
                 best = (rtt, device_time - (before + after) / 2)
