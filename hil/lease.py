@@ -94,6 +94,13 @@ class Lease:
         log.info("%s: leased to %s after %.1f s", self.device.name, self.info, self.waited)
         return self
 
+    @property
+    def alive(self) -> bool:
+        """Still held: a connection that dropped (and reconnected) took the holder, and the lock, with it."""
+        channel = self.channel
+        return channel is not None and not channel.closed and not channel.exit_status_ready() \
+            and channel.get_transport() is not None and channel.get_transport().is_active()
+
     def release(self) -> None:
         if self.channel is not None:
             self.channel.close()  # the holder's stdin ends: it exits and the lock is free

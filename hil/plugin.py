@@ -110,6 +110,15 @@ class HilSession:
         """The device, leased for the run (or, under xdist, by the test), swept of old faults and healthy."""
         self._check(name)
         if name in self.devices:
+            lease = self.leases.get(name)
+            if lease is not None and not lease.alive:
+                # The connection dropped since (and reconnected): the device was free meanwhile. Take it
+                # again before the next test; another run may hold it now, so this may wait.
+                log.warning("%s: the run's lease was lost with its connection; leasing again", name)
+                try:
+                    self.leases[name] = Lease(self.devices[name], self.run_id, self.lease_timeout).acquire()
+                except HilError as exc:
+                    self._out(name, f"lease lost and not regained: {exc}", self.devices.pop(name))
             return self.devices[name]
         device = self.pending.pop(name, None)
         try:

@@ -99,3 +99,22 @@ def test_hil_lease_holds_a_device_around_a_command(lab: EmulatedLab) -> None:
     row = next(line for line in out.stdout.splitlines() if line.startswith("emu-a"))
     assert "manual-" in row  # the command ran while hil held emu-a
     assert "free" in next(line for line in out.stdout.splitlines() if line.startswith("emu-b"))
+
+
+def test_a_lease_lost_with_the_connection_is_taken_again(tmp_path: Path, lab: EmulatedLab) -> None:
+    """The run's connection drops (and reconnects): the device was free meanwhile, so the run leases it again
+    before its next test instead of testing a device it no longer holds."""
+    (tmp_path / "test_drop.py").write_text(
+        "from hil.lease import holder_of\n\n"
+        "def test_1_drop(device):\n"
+        "    assert holder_of(device) is not None\n"
+        "    device.ssh.close()  # as a network blip would: the lease's holder dies with the connection\n\n"
+        "def test_2_held_again(device):\n"
+        "    holder = holder_of(device)\n"
+        "    assert holder is not None, 'the device is not leased any more'\n")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-p", "no:randomly",
+                          "test_drop.py", "--hil-devices", str(lab.inventory.path), "--hil-device", "emu-a"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "lease was lost with its connection" in run.stdout + run.stderr
+
