@@ -16,6 +16,7 @@ from hil import rollout
 from hil.config import DeviceConfig, Inventory, load_inventory
 from hil.device import Device
 from hil.errors import ConfigError, HilError, InfraError
+from hil.lease import LeaseInfo, holder_of
 from hil.report import evidence, gate, html
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 1, 2, 3
@@ -77,8 +78,6 @@ def cmd_devices_list(args: argparse.Namespace, inventory: Inventory) -> int:
 
 
 def _lease_holder(inventory: Inventory, config: DeviceConfig) -> str:
-    from hil.lease import holder_of
-
     try:
         device = _device(inventory, config.name)
         try:
@@ -90,6 +89,13 @@ def _lease_holder(inventory: Inventory, config: DeviceConfig) -> str:
     return str(holder) if holder else "free"
 
 
+def _holder_or_none(device: Device) -> LeaseInfo | None:
+    try:
+        return holder_of(device)
+    except HilError:
+        return None  # unreachable: the health check says so
+
+
 def cmd_devices_check(args: argparse.Namespace, inventory: Inventory) -> int:
     chosen = inventory.select(args.names)
     if any(d.emulated for d in chosen):
@@ -99,15 +105,19 @@ def cmd_devices_check(args: argparse.Namespace, inventory: Inventory) -> int:
     rows = []
     for config in chosen:
         device = Device(config)
-        health = device.health()
+        # A console is exclusive: a run holding the device may have it open, so it is not ours to check.
+        holder = _holder_or_none(device)
+        health = device.health(console=holder is None)
         # Read-only: a run holding the device may have applied them; `hil faults clear` undoes them.
         left = [f"fault {r.kind} left applied (run {r.run_id or '?'}): `hil faults clear {config.name}`"
                 for r in pending(device)] if health.ok else []
         device.close()
         facts = health.details.get("facts", {})
-        rows.append([config.name, "ok" if health.ok and not left else "UNHEALTHY", f"{health.seconds:.2f}s",
+        busy = [f"leased by {holder}: serial console not checked"] if holder is not None else []
+        # Faults on a leased device may be the holder's test at work: not a reason to call it unhealthy.
+        rows.append([config.name, "ok" if health.ok and (not left or holder) else "UNHEALTHY", f"{health.seconds:.2f}s",
                      facts.get("onnxruntime", "-"), facts.get("clock_offset", "-"),
-                     "; ".join([*health.problems, *left, *health.warnings]) or "-"])
+                     "; ".join([*health.problems, *left, *health.warnings, *busy]) or "-"])
     print(_table(rows, ["DEVICE", "HEALTH", "TIME", "ONNXRUNTIME", "CLOCK", "PROBLEMS / WARNINGS"]))
     return 0 if all(r[1] == "ok" for r in rows) else EXIT_INFRA
 
