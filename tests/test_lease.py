@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from hil.cli import main as cli_main
 from hil.device import Device
 from hil.errors import DeviceBusy
 from hil.lab import EmulatedLab
@@ -118,3 +119,17 @@ def test_a_lease_lost_with_the_connection_is_taken_again(tmp_path: Path, lab: Em
     assert run.returncode == 0, run.stdout + run.stderr
     assert "lease was lost with its connection" in run.stdout + run.stderr
 
+
+
+def test_devices_check_leaves_a_leased_devices_console_alone(lab: EmulatedLab,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    holder = Device(lab.inventory.get("emu-b"))
+    try:
+        with Lease(holder, "someone-else", timeout=5):
+            holder.console("true", timeout=15)  # the holder has the console open, as a run's test would
+            assert cli_main(["--devices", str(lab.inventory.path), "devices", "check", "emu-b"]) == 0
+    finally:
+        holder.close()
+    out = capsys.readouterr().out
+    assert "leased by" in out and "run someone-else" in out and "serial console not checked" in out
+    assert "port busy" not in out
