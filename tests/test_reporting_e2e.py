@@ -121,7 +121,10 @@ def test_allure_results_carry_status_labels_category_and_plots(runs: tuple[Run, 
             ("tag", "jetson"), ("tag", "emulated")} <= labels
     assert any(link["name"] == "artifact digits-mlp 1.0.1" for link in result["links"])
     attachments = {a["name"]: a for a in result["attachments"]}
-    assert {"budgets", "latency histogram", "latency CDF", "latencies (ms, run order)"} <= set(attachments)
+    assert {"budgets", "latency histogram", "latency CDF", "latencies (ms, run order)",
+            f"device logs ({DEVICE})"} <= set(attachments)
+    logs = (bad.results / attachments[f"device logs ({DEVICE})"]["source"]).read_text()
+    assert "load average" in logs  # uptime, then df and the system log's tail
     png = bad.results / attachments["latency histogram"]["source"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     categories = json.loads((bad.results / "categories.json").read_text())
