@@ -69,6 +69,7 @@ class HilSession:
     swept: dict[str, list[str]] = field(default_factory=dict)  # faults an earlier run left, undone at start
     timing: dict[str, tuple[str, ...]] = field(default_factory=dict)  # health warnings that void a timing FAIL
     pending: dict[str, Device] = field(default_factory=dict)  # connected, not yet checked (see connection)
+    worker_lease: Lease | None = None  # xdist: the lease of the device of this worker's current run of tests
     run_id: str = field(default_factory=fault_run_id)
 
     def _check(self, name: str) -> None:
@@ -80,6 +81,8 @@ class HilSession:
             raise DeviceUnhealthy(f"device '{name}' is out of this run (infrastructure): {self.broken[name]}")
 
     def _out(self, name: str, reason: str, device: Device | None = None) -> None:
+        if self.worker_lease is not None and self.worker_lease.device.name == name:
+            self.release_worker_lease()
         self._release(name)
         device = device or self.pending.pop(name, None)
         if device is not None:
@@ -131,6 +134,21 @@ class HilSession:
         assert device is not None
         return self._ready(name, device)
 
+    def hold_for_test(self, name: str) -> None:
+        """xdist: lease `name` for the next test, keeping the lease the previous test of the same device took
+        (hil's scheduler gives a worker all tests of a device in a row; see release_after)."""
+        held = self.worker_lease
+        if held is not None and held.device.name == name and held.alive:
+            return
+        self.release_worker_lease()
+        self.worker_lease = Lease(self.connection(name), self.run_id, self.lease_timeout).acquire()
+
+    def release_worker_lease(self) -> None:
+        held, self.worker_lease = self.worker_lease, None
+        if held is not None:
+            held.device.close_console()  # the next holder of the device needs its console
+            held.release()
+
     def acquire_together(self, names: list[str]) -> tuple[list[Device], list[Lease]]:
         """Several devices for one test, leased all at once or not at all (see hil.lease.lease_together).
 
@@ -141,6 +159,7 @@ class HilSession:
         names = sorted(set(names))
         for name in names:
             self._check(name)
+        self.release_worker_lease()  # hold nothing while waiting for the group
         devices: dict[str, Device] = {}
         for name in names:
             devices[name] = self.connection(name)
@@ -197,6 +216,8 @@ class HilSession:
     def mark_broken(self, name: str, reason: str) -> None:
         self.broken.setdefault(name, reason)
         self.reported.add(name)  # the failing test itself already reported it
+        if self.worker_lease is not None and self.worker_lease.device.name == name:
+            self.release_worker_lease()
         self._release(name)
         device = self.devices.pop(name, None)
         if device is not None:
@@ -210,6 +231,7 @@ class HilSession:
             lease.release()
 
     def close(self) -> None:
+        self.release_worker_lease()
         for name in list(self.leases):
             self._release(name)
         for device in [*self.devices.values(), *self.pending.values()]:
@@ -324,15 +346,12 @@ def device(request: pytest.FixtureRequest) -> Iterator[Device]:
     if not session.per_test_lease:
         yield _report_facts(request, session.acquire(name))  # leased for the whole run
         return
-    # A pytest-xdist worker holds a device only for each test: workers can then share a device in turns
-    # (one test at a time), however xdist spreads the tests. Everything, the first health check and
-    # the sweep of old faults included, happens under the lease.
-    with Lease(session.connection(name), session.run_id, session.lease_timeout):
-        dev = session.acquire(name)
-        try:
-            yield _report_facts(request, dev)
-        finally:
-            dev.close_console()  # the next holder of the device needs its console
+    # A pytest-xdist worker holds a device for a test, or a run of consecutive tests of that device
+    # (released in pytest_runtest_teardown): workers can then share a device in turns, however xdist
+    # spreads the tests. Everything, the first health check and the sweep of old faults included,
+    # happens under the lease.
+    session.hold_for_test(name)
+    yield _report_facts(request, session.acquire(name))
 
 
 def _report_facts(request: pytest.FixtureRequest, dev: Device) -> Device:
@@ -419,6 +438,19 @@ def hil_inventory(request: pytest.FixtureRequest) -> Inventory:
     if inventory is None:
         raise pytest.UsageError(f"no {DEFAULT_DEVICES}: pass --hil-devices PATH")
     return inventory
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):  # type: ignore[no-untyped-def]
+    """xdist: after a test's fixtures are torn down, give its device back unless the next test uses it too."""
+    result = yield
+    session = _session(item.config)
+    held = session.worker_lease
+    if held is not None:
+        params = getattr(getattr(nextitem, "callspec", None), "params", {})
+        if params.get("device") != held.device.name:
+            session.release_worker_lease()
+    return result
 
 
 @pytest.hookimpl(wrapper=True)

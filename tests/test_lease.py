@@ -58,8 +58,9 @@ def test_two_runs_at_once_never_overlap_on_a_device(lab: EmulatedLab, device_a: 
     (tmp_path / "test_rec.py").write_text("\n".join(RECORDING_TEST.format(n=n) for n in range(3)))
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_rec.py"),
                "--hil-devices", str(lab.inventory.path), "--hil-lease-timeout", "120"]
-    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
-            for _ in range(2)]
+    # One run leases for the whole run; the other is pytest-xdist, whose workers lease per run of tests.
+    runs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+            for c in (command, [*command, "-n", "2"])]
     outputs = [r.communicate(timeout=180)[0] for r in runs]
     assert all(r.returncode == 0 for r in runs), outputs
     for d in (device_a, device_b):
