@@ -20,6 +20,7 @@ from hil.device import Device
 from hil.errors import CapabilityMissing, InfraError
 from hil.lab import EmulatedLab
 
+pytest_plugins = ["pytester"]  # also when this module runs alone
 pytestmark = pytest.mark.usefixtures("lab")
 TRUSTED = [load_public_key(DEMO_SIGNING_KEY.with_suffix(".pub"))]
 

@@ -186,3 +186,16 @@ def test_reboot_restarts_the_device_and_keeps_its_disk(lab: EmulatedLab, device_
     assert device_b.console("hostname", timeout=10).stdout == "emu-b\n"  # the console came back too
     assert lab.is_up(["emu-b"])
     device_b.run(f"rm -f {device_b.workdir}/marker", timeout=10)
+
+
+def test_each_device_has_its_own_dev_shm(device_a: Device, device_b: Device) -> None:
+    """libfaketime names its shared memory after the PID, and each device numbers PIDs from 1: one
+    /dev/shm for all would let two devices' processes collide (shm_open: File exists)."""
+    def shm_of(device: Device) -> list[str]:
+        return device.run("stat -c %d /dev/shm && df --output=source /dev/shm | tail -n 1", timeout=10,
+                          check=True).stdout.split()
+
+    a, b = shm_of(device_a), shm_of(device_b)
+    host = [str(os.stat("/dev/shm").st_dev)]
+    assert a[0] != b[0] and host[0] not in (a[0], b[0]), (a, b, host)
+    assert a[1] == "hil-shm-emu-a" and b[1] == "hil-shm-emu-b"

@@ -187,8 +187,11 @@ def start_device(lab: LabConfig, device: DeviceConfig, netns: str, join: Callabl
     ddir = lab.dir / device.name
     assert device.resources is not None and device.workdir is not None
     Path(device.workdir).mkdir(parents=True, exist_ok=True)  # the mount point, on the host
+    # Its own /dev/shm too: every device numbers its PIDs from 1, and libfaketime names its shared memory
+    # after the PID (O_EXCL), so on one shared /dev/shm two devices' processes collided now and then.
     script = (
         'mount -t tmpfs -o "size=$1,mode=0755" "hil-$2" "$3" && hostname "$2" && '
+        'mount -t tmpfs -o "size=64m,mode=1777,nosuid,nodev" "hil-shm-$2" /dev/shm && '
         f"{{ {_cgroup_mounts()} ; }} && "
         'exec "$4" "$5" "$6"'
     )
