@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from hil import rollout
+from hil.conditions import PROBE as CONDITIONS_PROBE
+from hil.conditions import parse_probe, temper, timing_warnings
 from hil.config import DeviceConfig, Inventory, load_inventory
 from hil.device import Device
 from hil.errors import ConfigError, HilError, InfraError
@@ -336,6 +338,7 @@ def cmd_bench(args: argparse.Namespace, inventory: Inventory) -> int:
                           max_iterations=args.max_iterations if stop else None,
                           max_duration_s=args.max_duration if stop else None, threads=threads,
                           stop_when=StopWhen(stop.q, stop.limit_ms, bench.CONFIDENCE) if stop else None)
+        warnings = timing_warnings(*parse_probe(device.run(CONDITIONS_PROBE, timeout=15).stdout))
     finally:
         device.close()
     m = artifact.manifest
@@ -343,8 +346,10 @@ def cmd_bench(args: argparse.Namespace, inventory: Inventory) -> int:
                       str(run.context.runner_env.get("onnxruntime", "unknown")), device.config.emulated)
     # Throughput over the loop's wall time: the loop's own overhead counts, as it would for a service.
     summary = summarize(run.latencies_ms, run.batch, run.cpu.wall_s or None)
-    verdicts = bench.verdicts(run, summary, spec, limits, stop)
+    # A governor or a hot device voids a timing FAIL: INCONCLUSIVE, with the reason in the note.
+    verdicts = [(temper(m, warnings), source) for m, source in bench.verdicts(run, summary, spec, limits, stop)]
     doc = bench.document(run, summary, context, threads, verdicts, stop)
+    doc["timing_warnings"] = warnings
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
