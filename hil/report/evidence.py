@@ -45,7 +45,6 @@ import os
 import re
 import struct
 import sys
-import tempfile
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,6 +60,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hil import __version__
 from hil.artifacts import key_id, load_private_key, load_public_key
 from hil.errors import ConfigError, HilError
+from hil.report.files import write_bytes_atomic
 
 SCHEMA = "hil.evidence/1"
 SUMMARY_SCHEMA = "hil.summary/1"
@@ -322,19 +322,6 @@ def _manifest(summary: Mapping[str, Any], files: Mapping[str, bytes], created_at
     return _json_bytes(doc)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def pack(reports: Path, private_key: Ed25519PrivateKey, out: Path | None = None, *,
          now: datetime | None = None) -> Packed:
     """Write the signed bundle of the run in `reports`; returns where and what."""
@@ -355,7 +342,7 @@ def pack(reports: Path, private_key: Ed25519PrivateKey, out: Path | None = None,
     except ValueError as exc:
         raise ConfigError(f"{reports}/{exc}") from None
     out = out or reports / f"evidence-{_slug(summary['run_id'], 120)}.tar.gz"
-    _write_atomic(out, gzip_bytes(tar))
+    write_bytes_atomic(out, gzip_bytes(tar))
     return Packed(out, summary["run_id"], key_id(public), listed, summary.get("complete") is True, tuple(warnings))
 
 

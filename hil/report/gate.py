@@ -62,13 +62,10 @@ the gate). Without a baseline file, --update creates it (every check is new).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fnmatch
 import json
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -79,6 +76,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hil.errors import ConfigError
+from hil.report.files import write_bytes_atomic
 from hil.stats import nearest_rank
 
 SCHEMA = "hil.summary/1"
@@ -561,23 +559,9 @@ def merge_baseline(baseline_doc: Mapping[str, Any], current_doc: Mapping[str, An
 
 
 def write_json_atomic(path: Path, doc: Any) -> None:
-    """Write JSON to a temp file beside `path`, then os.replace it in: readers see the old file or the new one."""
+    """JSON written atomically (hil.report.files), keeping a shared baseline's mode; ConfigError if it cannot be."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644  # mkstemp's 0600 would hide a shared file
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, indent=2)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(temp, mode)
-            os.replace(temp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-            raise
+        write_bytes_atomic(path, (json.dumps(doc, indent=2) + "\n").encode(), keep_mode=True)
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}; check the directory exists and is "
                           "writable") from exc

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hil.errors import HilError
+from hil.report.files import write_bytes_atomic
 
 DEFAULT_RESULTS = Path("reports/allure-results")
 DEFAULT_OUT = Path("reports/allure-report")
@@ -150,11 +151,8 @@ def build_report(results: Path, out: Path, *, timeout: float = DEFAULT_TIMEOUT_S
         if tags:
             raise ReportError(f"the generated report carries analytics/tracking tags {tags}: refusing to publish it "
                               "(is ALLURE_NO_ANALYTICS still honoured by this Allure version?)")
-        out.mkdir(parents=True, exist_ok=True)
         target = out / "index.html"
-        staged = out / ".index.html.tmp"
-        shutil.copyfile(index, staged)
-        os.replace(staged, target)
+        write_bytes_atomic(target, index.read_bytes())
     return target
 
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
-import os
 import platform
 import socket
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+from hil.report.files import write_bytes_atomic
 
 SCHEMA = "hil.summary/1"
 
@@ -54,20 +54,8 @@ def _iso(timestamp: float | None) -> str | None:
 
 
 def write_json_atomic(path: Path, doc: Any) -> None:
-    """Write to a temp file in the same directory, fsync, rename: readers see the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(doc, out, indent=1, sort_keys=False)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for everyone who may read the folder
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """JSON, written so that readers see the old file or the new one (see hil.report.files)."""
+    write_bytes_atomic(path, (json.dumps(doc, indent=1) + "\n").encode())
 
 
 def better_direction(check: dict[str, Any]) -> str:
