@@ -85,6 +85,7 @@ def test_checks_tests_and_devices_are_recorded(tmp_path: Path) -> None:
     _test(writer, "suites/test_latency.py::test_p[orin-01]", _device(**{"hil.seed": 7}), checks=(check,))
     assert writer.finish(0) == 0
     doc = json.loads((tmp_path / "summary.json").read_text())
+    assert doc == writer.document()  # the checks are spliced in pre-encoded: the file must still be the document
     assert doc["schema"] == SCHEMA and doc["complete"] and doc["exit"] == {"code": 0, "meaning": "passed"}
     (recorded,) = doc["checks"]
     assert recorded["raw"]["values"] == [4.0, 4.1, 4.3] and recorded["better"] == "lower" and recorded["seed"] == 7
@@ -133,9 +134,10 @@ def test_an_unfinished_run_is_a_valid_incomplete_summary(tmp_path: Path) -> None
 
 
 WRITER_LOOP = textwrap.dedent("""
+    import json
     import sys
     from pathlib import Path
-    from hil.report.summary import write_json_atomic
+    from hil.report.files import write_bytes_atomic
 
     path = Path(sys.argv[1])
     doc = {"schema": "hil.summary/1", "checks": [{"raw": {"values": [i * 0.001 for i in range(200_000)]}}]}
@@ -143,7 +145,7 @@ WRITER_LOOP = textwrap.dedent("""
     while True:
         n += 1
         doc["n"] = n
-        write_json_atomic(path, doc)
+        write_bytes_atomic(path, json.dumps(doc).encode())
         if n == 1:
             print("ready", flush=True)  # one file exists: from now on it must always parse
 """)

@@ -53,11 +53,6 @@ def _iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def write_json_atomic(path: Path, doc: Any) -> None:
-    """JSON, written so that readers see the old file or the new one (see hil.report.files)."""
-    write_bytes_atomic(path, (json.dumps(doc, indent=1) + "\n").encode())
-
-
 def better_direction(check: dict[str, Any]) -> str:
     if check.get("comparator") == ">=":
         return "higher"
@@ -114,12 +109,16 @@ class SummaryWriter:
         self.tests: dict[str, _Test] = {}
         self.done: list[dict[str, Any]] = []
         self.checks: list[dict[str, Any]] = []
+        self._check_texts: list[str] = []  # each check as JSON, encoded once: raw samples make them big
         self.devices: dict[str, dict[str, Any]] = {}
         self.models: dict[str, dict[str, str]] = {}
         self.datasets: dict[str, dict[str, str]] = {}
         self.faults: list[dict[str, Any]] = []
         self.exit: dict[str, Any] | None = None
         self.finished_at: str | None = None
+        self.host = {"hostname": socket.gethostname(), "user": getpass.getuser(), "hil": _package_version("hil"),
+                     "python": platform.python_version(), "pytest": _package_version("pytest"),
+                     "onnxruntime": _package_version("onnxruntime")}
         self.active = False  # written once a test has used a device; hil's own unit tests leave no summary
 
     # -- collecting ------------------------------------------------------------------------------
@@ -179,7 +178,9 @@ class SummaryWriter:
             "duration_s": round(test.duration, 3), "start": _iso(test.start), "stop": _iso(test.stop),
         })
         for raw_check in test.multi.get("hil.check", []):
-            self.checks.append(self._check(test, json.loads(raw_check), emulated))
+            check = self._check(test, json.loads(raw_check), emulated)
+            self.checks.append(check)
+            self._check_texts.append(json.dumps(check))
 
     def _check(self, test: _Test, measured: dict[str, Any], emulated: bool) -> dict[str, Any]:
         p = test.props
@@ -246,15 +247,18 @@ class SummaryWriter:
     def document(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA, "run_id": self.run_id, "started_at": self.started_at,
-            "finished_at": self.finished_at, "complete": self.finished_at is not None,
-            "host": {"hostname": socket.gethostname(), "user": getpass.getuser(), "hil": _package_version("hil"),
-                     "python": platform.python_version(), "pytest": _package_version("pytest"),
-                     "onnxruntime": _package_version("onnxruntime")},
+            "finished_at": self.finished_at, "complete": self.finished_at is not None, "host": self.host,
             "exit": self.exit, "counts": self.counts(), "devices": self.devices, "models": self.models,
             "datasets": self.datasets, "faults": self.faults, "tests": self.done, "checks": self.checks,
         }
 
     def write(self) -> None:
+        """The whole document, rewritten after every test; the checks (last) are spliced in already encoded,
+        which keeps a rewrite to milliseconds when they hold tens of thousands of samples."""
         if not self.active:
             return
-        write_json_atomic(self.path, self.document())
+        head = self.document()
+        del head["checks"]
+        text = json.dumps(head, indent=1).removesuffix("\n}")
+        checks = "[\n  " + ",\n  ".join(self._check_texts) + "\n ]" if self._check_texts else "[]"
+        write_bytes_atomic(self.path, f'{text},\n "checks": {checks}\n}}\n'.encode())
