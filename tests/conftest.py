@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import pytest
 
 from hil.config import Inventory, load_inventory
 from hil.device import Device
-from hil.lab import EmulatedLab
+from hil.lab import EmulatedLab, network
 from tests.handbuilt import handbuilt_device  # noqa: F401 (the session fixture `handbuilt`, built once)
 
 # Its own name and subnet, so the tests never disturb a lab brought up by `make run`.
@@ -37,6 +40,41 @@ memory = "256MiB"
 disk = "32MiB"
 workdir = "/var/lib/hil"
 """
+
+# Only ever an address inside the test lab's subnet, and only while the `lab` fixture is up: the lab's
+# bridge owns 10.77.1.0/24, so nothing sent there leaves this machine, and nothing answers at .250.
+GHOST_ADDRESS = "10.77.1.250"
+GHOST_TOML = """
+[[devices]]
+name = "ghost"
+tags = ["ghost"]
+workdir = "/var/lib/hil"
+
+[devices.ssh]
+host = "{host}"
+connect_timeout = 1
+strict_host_key_checking = false
+known_hosts = "{known_hosts}"
+# Kernel-enforced network safety: packets for the ghost may only use the test lab's bridge, so even
+# if another session takes the lab down mid-run, nothing is ever routed off this machine.
+bind_interface = "{bridge}"
+"""
+
+def _route(address: str) -> str | None:
+    """The interface the kernel would send a packet for `address` out of."""
+    out = subprocess.run(["ip", "-j", "route", "get", address], capture_output=True, text=True).stdout
+    return json.loads(out)[0].get("dev") if out.strip() else None
+
+
+def ghost_device_toml(lab: EmulatedLab, known_hosts: Path) -> str:
+    """A [[devices]] entry for "ghost", a device that never answers, checked safe to try to reach first."""
+    # Network safety: the ghost lives inside the lab's own subnet, at an address no device uses.
+    assert ipaddress.ip_address(GHOST_ADDRESS) in lab.inventory.lab.subnet
+    assert GHOST_ADDRESS not in {d.ssh.host for d in lab.inventory.devices}
+    bridge = network.bridge_name(lab.config.name)
+    assert _route(GHOST_ADDRESS) == bridge, "the test lab's bridge does not own its subnet: not connecting"
+    return GHOST_TOML.format(host=GHOST_ADDRESS, known_hosts=known_hosts, bridge=bridge)
+
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the emulated lab needs root")
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
-import json
-import subprocess
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from hil.lab import EmulatedLab, network
-from tests.conftest import TEST_LAB_TOML, needs_root, write_devices
+from hil.lab import EmulatedLab
+from tests.conftest import GHOST_ADDRESS, TEST_LAB_TOML, ghost_device_toml, needs_root, write_devices
 
 pytest_plugins = ["pytester"]
 
@@ -26,29 +23,6 @@ def test_two(device):
     pass
 """
 
-# Only ever an address inside the test lab's subnet, and only while the `lab` fixture is up: the lab's
-# bridge owns 10.77.1.0/24, so nothing sent there leaves this machine, and nothing answers at .250.
-GHOST_ADDRESS = "10.77.1.250"
-GHOST_TOML = """
-[[devices]]
-name = "ghost"
-tags = ["ghost"]
-workdir = "/var/lib/hil"
-
-[devices.ssh]
-host = "{host}"
-connect_timeout = 1
-strict_host_key_checking = false
-known_hosts = "{known_hosts}"
-# Kernel-enforced network safety: packets for the ghost may only use the test lab's bridge, so even
-# if another session takes the lab down mid-run, nothing is ever routed off this machine.
-bind_interface = "{bridge}"
-"""
-
-def ghost_route(address: str) -> str | None:
-    """The interface the kernel would send a packet for `address` out of."""
-    out = subprocess.run(["ip", "-j", "route", "get", address], capture_output=True, text=True).stdout
-    return json.loads(out)[0].get("dev") if out.strip() else None
 
 
 def collected(result: pytest.RunResult) -> list[str]:
@@ -194,13 +168,7 @@ def test_run_on_the_lab_records_device_and_facts_in_junit(pytester: pytest.Pytes
 def test_unreachable_device_is_quarantined_after_one_error(pytester: pytest.Pytester, lab: EmulatedLab) -> None:
     known_hosts = pytester.path / "known_hosts"
     known_hosts.write_text("")
-    # Network safety: the ghost lives inside the lab's own subnet, at an address no device uses.
-    assert ipaddress.ip_address(GHOST_ADDRESS) in lab.inventory.lab.subnet
-    assert GHOST_ADDRESS not in {d.ssh.host for d in lab.inventory.devices}
-    bridge = network.bridge_name(lab.config.name)
-    assert ghost_route(GHOST_ADDRESS) == bridge, "the test lab's bridge does not own its subnet: not connecting"
-    write_devices(pytester.path, TEST_LAB_TOML + GHOST_TOML.format(host=GHOST_ADDRESS, known_hosts=known_hosts,
-                                                                   bridge=bridge))
+    write_devices(pytester.path, TEST_LAB_TOML + ghost_device_toml(lab, known_hosts))
     pytester.makepyfile(test_three="""
         def test_one(device):
             assert device.run("true").ok

@@ -25,7 +25,7 @@ from hil.report import browser, gate
 from hil.report.categories import INFRASTRUCTURE, LATENCY
 from hil.report.html import build_report
 from hil.report.summary import EXIT_INFRASTRUCTURE
-from tests.conftest import TEST_LAB_TOML, needs_root
+from tests.conftest import TEST_LAB_TOML, ghost_device_toml, needs_root
 
 pytestmark = needs_root
 
@@ -168,21 +168,9 @@ def test_html_report_shows_devices_category_and_plot(runs: tuple[Run, Run], tmp_
 
 def test_a_run_that_only_the_lab_failed_exits_75(lab: EmulatedLab, tmp_path: Path) -> None:
     """A device that does not answer: infrastructure, reported distinctly, so CI retries rather than blocks."""
-    ghost = str(lab.inventory.lab.subnet.network_address + 250)  # in the lab's own subnet, no device there
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text("")
-    devices = _devices_toml(tmp_path, f"""
-[[devices]]
-name = "ghost"
-tags = ["jetson"]
-workdir = "/var/lib/hil"
-[devices.ssh]
-host = "{ghost}"
-connect_timeout = 1
-strict_host_key_checking = false
-known_hosts = "{known_hosts}"
-bind_interface = "{lab.config.bridge}"
-""")
+    devices = _devices_toml(tmp_path, ghost_device_toml(lab, known_hosts))
     reports = tmp_path / "reports"
     args = [sys.executable, "-m", "pytest", "suites/test_smoke.py", "-p", "no:cacheprovider", "--hil-device=ghost",
             f"--hil-devices={devices}", f"--hil-report-dir={reports}", f"--alluredir={reports / 'allure-results'}"]
