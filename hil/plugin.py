@@ -307,14 +307,12 @@ def hil_session(config: pytest.Config) -> HilSession:
     return config.stash[_SESSION_KEY]
 
 
-_session = hil_session
-
 
 def _artifact_dirs(config: pytest.Config) -> list[Path]:
     given = config.getoption("--hil-artifact")
     if given:
         return [Path(d) for d in given]
-    inventory = _session(config).inventory
+    inventory = hil_session(config).inventory
     return inventory.artifact_dirs() if inventory is not None else []
 
 
@@ -324,7 +322,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("artifact", [pytest.param(d, id=d.name) for d in dirs], indirect=True)
     if "device" not in metafunc.fixturenames:
         return
-    session = _session(metafunc.config)
+    session = hil_session(metafunc.config)
     if session.inventory is None:
         return  # the fixture itself explains what is missing
     params = []
@@ -338,7 +336,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def device(request: pytest.FixtureRequest) -> Iterator[Device]:
     """The device this test runs on; the test runs once per selected device."""
-    session = _session(request.config)
+    session = hil_session(request.config)
     if session.inventory is None or not hasattr(request, "param"):
         raise pytest.UsageError(f"the 'device' fixture needs a {DEFAULT_DEVICES}: pass --hil-devices PATH")
     name: str = request.param
@@ -366,7 +364,7 @@ def _report_facts(request: pytest.FixtureRequest, dev: Device) -> Device:
 def timing_warnings(request: pytest.FixtureRequest, device: Device) -> tuple[str, ...]:
     """What the health check found that makes timings on `device` unreliable (CPU governor, thermal headroom):
     with any, a latency FAIL is reported INCONCLUSIVE (hil.conditions.temper)."""
-    warnings = _session(request.config).timing.get(device.name, ())
+    warnings = hil_session(request.config).timing.get(device.name, ())
     for i, warning in enumerate(warnings):
         request.node.user_properties.append((f"hil.health.timing_warning.{i}", warning))
     return warnings
@@ -376,7 +374,7 @@ def timing_warnings(request: pytest.FixtureRequest, device: Device) -> tuple[str
 def devices(request: pytest.FixtureRequest) -> Iterator[list[Device]]:
     """Several devices for one test, as `@pytest.mark.hil_devices(count=2, tags=["jetson"])` asks (default:
     2 devices, any tags), in name order, leased together (all or none, so runs cannot deadlock)."""
-    session = _session(request.config)
+    session = hil_session(request.config)
     if session.inventory is None:
         raise pytest.UsageError(f"the 'devices' fixture needs a {DEFAULT_DEVICES}: pass --hil-devices PATH")
     marker = request.node.get_closest_marker("hil_devices")
@@ -415,7 +413,7 @@ def artifact(request: pytest.FixtureRequest) -> Artifact:
 @pytest.fixture
 def deployed_model(request: pytest.FixtureRequest, device: Device, artifact: Artifact) -> DeployedModel:
     """`artifact` deployed and active on `device` (a no-op when it already is)."""
-    inventory = _session(request.config).inventory
+    inventory = hil_session(request.config).inventory
     assert inventory is not None
     manifest = artifact.manifest
     with allure.step(f"deploy {manifest.name} {manifest.version} to {device.name}"):
@@ -434,7 +432,7 @@ def deployed_model(request: pytest.FixtureRequest, device: Device, artifact: Art
 @pytest.fixture(scope="session")
 def hil_inventory(request: pytest.FixtureRequest) -> Inventory:
     """The parsed devices.toml of this run."""
-    inventory = _session(request.config).inventory
+    inventory = hil_session(request.config).inventory
     if inventory is None:
         raise pytest.UsageError(f"no {DEFAULT_DEVICES}: pass --hil-devices PATH")
     return inventory
@@ -444,7 +442,7 @@ def hil_inventory(request: pytest.FixtureRequest) -> Inventory:
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):  # type: ignore[no-untyped-def]
     """xdist: after a test's fixtures are torn down, give its device back unless the next test uses it too."""
     result = yield
-    session = _session(item.config)
+    session = hil_session(item.config)
     held = session.worker_lease
     if held is not None:
         params = getattr(getattr(nextitem, "callspec", None), "params", {})
@@ -474,7 +472,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         # A broken connection takes the device out whatever the phase; other infrastructure errors
         # (a full disk for one big model, say) only when they strike the test itself.
         if name and (call.when == "call" or call.excinfo.errisinstance(TransportError)):
-            _session(item.config).mark_broken(str(name), str(call.excinfo.value))
+            hil_session(item.config).mark_broken(str(name), str(call.excinfo.value))
     return report
 
 
@@ -497,7 +495,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 def faults(request: pytest.FixtureRequest) -> Iterator[FaultInjector]:
     """Inject faults on devices: `with faults.network_drop(device): ...`. Every fault is undone when its
     block ends, and at the latest when the test ends; each is recorded in the report."""
-    injector = FaultInjector(_session(request.config).run_id)
+    injector = FaultInjector(hil_session(request.config).run_id)
     try:
         yield injector
     finally:

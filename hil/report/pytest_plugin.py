@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from hil.errors import HilError, InfraError
+from hil.plugin import hil_session
 from hil.report.allure_io import attach_text, collection_labels, write_environment
 from hil.report.categories import categorize, write_categories
 from hil.report.summary import EXIT_INFRASTRUCTURE, SummaryWriter
@@ -39,12 +40,6 @@ def report_dir(config: pytest.Config) -> Path:
     return config.stash[_REPORT_DIR]
 
 
-def _hil_session(config: pytest.Config) -> Any:
-    from hil.plugin import hil_session  # the device half of the plugin; imported late (it loads us)
-
-    return hil_session(config)
-
-
 @pytest.hookimpl(trylast=True)  # after hil.plugin has made the session (its run id)
 def pytest_configure(config: pytest.Config) -> None:
     directory = Path(config.getoption("--hil-report-dir"))
@@ -52,7 +47,7 @@ def pytest_configure(config: pytest.Config) -> None:
         directory = Path(config.invocation_params.dir) / directory
     config.stash[_REPORT_DIR] = directory
     if not hasattr(config, "workerinput"):
-        writer = SummaryWriter(directory / "summary.json", _hil_session(config).run_id)
+        writer = SummaryWriter(directory / "summary.json", hil_session(config).run_id)
         config.pluginmanager.register(SummaryHooks(config, writer), "hil-summary")
 
 
@@ -96,7 +91,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 def _attach_device_logs(item: pytest.Item) -> None:
     """What the device said around a failure; best effort, never the cause of another error."""
     name = dict(item.user_properties).get("hil.device")
-    device = _hil_session(item.config).devices.get(str(name)) if name else None
+    device = hil_session(item.config).devices.get(str(name)) if name else None
     if device is None:
         return
     try:
