@@ -7,6 +7,7 @@ latency, cold-start and memory verdicts of one model come from the same process 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import shutil
@@ -228,18 +229,18 @@ def latency(deployed_model: DeployedModel, budgets: BudgetSpec, report_property:
             raw_samples: dict[str, dict[str, Any]]) -> Latency:
     """The model's latency run on this device, measured once and shared by the latency suite's tests."""
     key = (deployed_model.device.name, deployed_model.artifact.manifest.sha256, budgets)
-    first = key not in _latency_runs
-    if first:
+    if key not in _latency_runs:
         manifest = deployed_model.artifact.manifest
         with allure.step(f"latency run of {manifest.name} {manifest.version} on {deployed_model.device.name}"):
-            _latency_runs[key] = measure_latency(deployed_model, budgets)
+            run = measure_latency(deployed_model, budgets)
+        # The samples go to the report directory once; the tests sharing the run point at that file.
+        raw = write_raw(hil_report_dir, deployed_model.device.name, manifest.name, "latency_ms",
+                        run.run.latencies_ms, key=f"{key[0]} {key[1]}")
+        _latency_runs[key] = dataclasses.replace(run, raw=raw)
     measured = _latency_runs[key]
     for name, value in measured.properties():
         report_property(name, value)
-    raw = write_raw(hil_report_dir, deployed_model.device.name, deployed_model.artifact.manifest.name,
-                    "latency_ms", measured.run.latencies_ms, key=f"{key[0]} {key[1]}") if first else measured.raw
-    object.__setattr__(measured, "raw", raw)  # later tests of the same run point at the same file
-    raw_samples.update({name: raw.for_quantile(q) for q, name in PERCENTILE_KEYS.items()})
+    raw_samples.update({name: measured.raw.for_quantile(q) for q, name in PERCENTILE_KEYS.items()})
     return measured
 
 
