@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hil import rollout
-from hil.conditions import PROBE as CONDITIONS_PROBE
-from hil.conditions import parse_probe, temper, timing_warnings
+from hil.conditions import temper
 from hil.config import DeviceConfig, Inventory, load_inventory
 from hil.device import Device
 from hil.errors import ConfigError, HilError, InfraError
@@ -338,7 +337,7 @@ def cmd_bench(args: argparse.Namespace, inventory: Inventory) -> int:
                           max_iterations=args.max_iterations if stop else None,
                           max_duration_s=args.max_duration if stop else None, threads=threads,
                           stop_when=StopWhen(stop.q, stop.limit_ms, bench.CONFIDENCE) if stop else None)
-        warnings = timing_warnings(*parse_probe(device.run(CONDITIONS_PROBE, timeout=15).stdout))
+        warnings = device.timing_warnings()
     finally:
         device.close()
     m = artifact.manifest

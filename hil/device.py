@@ -276,6 +276,10 @@ class Device:
         """Facts are re-read on next use (after a fault changed the clock or the disk, say)."""
         self._facts = None
 
+    def timing_warnings(self) -> list[str]:
+        """What makes timings here unreliable now: CPU governor, thermal headroom (see hil.conditions)."""
+        return timing_warnings(*parse_probe(self.run(CONDITIONS_PROBE, timeout=15).stdout))
+
     def health(self, max_clock_offset: float = 5.0, *, console: bool = True) -> Health:
         """Reachable (and its serial console, if it has one and `console`), workdir writable with free space,
         clock sane, onnxruntime importable; CPU governor and thermal headroom as warnings."""
@@ -312,7 +316,7 @@ class Device:
             if not answered:
                 problems.append(f"serial console {self.config.serial.port} does not answer: {reason}")
         try:
-            timing = timing_warnings(*parse_probe(self.run(CONDITIONS_PROBE, timeout=15).stdout))
+            timing = self.timing_warnings()
         except InfraError as exc:
             return Health(self.name, False, (str(exc),), seconds=time.monotonic() - started)
         return Health(self.name, not problems, tuple(problems), (*warnings, *timing), time.monotonic() - started,
