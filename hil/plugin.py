@@ -81,8 +81,6 @@ class HilSession:
             raise DeviceUnhealthy(f"device '{name}' is out of this run (infrastructure): {self.broken[name]}")
 
     def _out(self, name: str, reason: str, device: Device | None = None) -> None:
-        if self.worker_lease is not None and self.worker_lease.device.name == name:
-            self.release_worker_lease()
         self._release(name)
         device = device or self.pending.pop(name, None)
         if device is not None:
@@ -136,7 +134,8 @@ class HilSession:
 
     def hold_for_test(self, name: str) -> None:
         """xdist: lease `name` for the next test, keeping the lease the previous test of the same device took
-        (hil's scheduler gives a worker all tests of a device in a row; see release_after)."""
+        (hil's scheduler gives a worker all tests of a device in a row; pytest_runtest_teardown gives it
+        back when the next test is on another device)."""
         held = self.worker_lease
         if held is not None and held.device.name == name and held.alive:
             return
@@ -216,14 +215,15 @@ class HilSession:
     def mark_broken(self, name: str, reason: str) -> None:
         self.broken.setdefault(name, reason)
         self.reported.add(name)  # the failing test itself already reported it
-        if self.worker_lease is not None and self.worker_lease.device.name == name:
-            self.release_worker_lease()
         self._release(name)
         device = self.devices.pop(name, None)
         if device is not None:
             device.close()
 
     def _release(self, name: str) -> None:
+        """Give `name` back, whether the run or (under xdist) this worker's run of tests holds it."""
+        if self.worker_lease is not None and self.worker_lease.device.name == name:
+            self.release_worker_lease()
         lease = self.leases.pop(name, None)
         if lease is not None:
             if name in self.devices:
