@@ -59,7 +59,7 @@ AT_MOST = "<="
 AT_LEAST = ">="
 
 
-def _fmt(value: float) -> str:
+def format_value(value: float) -> str:
     """12.0 -> '12.0', 10.2999 -> '10.3', 0.93125 -> '0.9312': short, and a limit reads as written."""
     value = float(value)
     if value.is_integer() and abs(value) < 1e15:
@@ -104,7 +104,7 @@ class Measurement:
         return self.verdict is Verdict.PASS
 
     def _with_unit(self, value: float) -> str:
-        return f"{_fmt(value)} {self.unit}" if self.unit else _fmt(value)
+        return f"{format_value(value)} {self.unit}" if self.unit else format_value(value)
 
     def _bounds_text(self) -> str:
         if self.confidence is None:
@@ -129,7 +129,7 @@ class Measurement:
         if self.note:
             extra.append(self.note)
         tail = f" ({'; '.join(extra)})" if extra else ""
-        return (f"{self.name} {self.comparator} {_fmt(self.limit)}: measured {self._with_unit(self.value)}"
+        return (f"{self.name} {self.comparator} {format_value(self.limit)}: measured {self._with_unit(self.value)}"
                 f"{tail}: {self.verdict}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -212,15 +212,15 @@ def combine(latency: Measurement, cv: Measurement, latencies_ms: npt.ArrayLike |
     """
     if cv.verdict is Verdict.PASS:
         return latency
-    noise = f"cv {_fmt(cv.value)}% > {_fmt(cv.limit)}%"
+    noise = f"cv {format_value(cv.value)}% > {format_value(cv.limit)}%"
     if latency.verdict is Verdict.FAIL:
         if latencies_ms is not None and latency.limit is not None:
             per_look = 1.0 - (1.0 - (latency.confidence or DEFAULT_CONFIDENCE)) / max(1, looks)
             median = percentile_bounds(latencies_ms, 50, per_look).lower
             if median is not None and median > latency.limit:
                 return dataclasses.replace(latency, note=_join(
-                    latency.note, f"noisy timings ({noise}) but even the median's lower bound {_fmt(median)} ms "
-                                  "is over the limit: tail stalls cannot explain it"))
+                    latency.note, f"noisy timings ({noise}) but even the median's lower bound "
+                                  f"{format_value(median)} ms is over the limit: tail stalls cannot explain it"))
         return dataclasses.replace(latency, verdict=Verdict.INCONCLUSIVE,
                                    note=_join(latency.note, f"would FAIL but timings are too noisy: {noise}"))
     return dataclasses.replace(latency, note=_join(latency.note, f"noisy timings: {noise}"))
@@ -234,7 +234,7 @@ def check_relative_accuracy(int8_accuracy: float, fp32_accuracy: float,
                             min_ratio: float = DEFAULT_MIN_RELATIVE_ACCURACY) -> Measurement:
     """int8 accuracy >= min_ratio x its fp32 parent's (MLPerf: 99%)."""
     m = check_min("accuracy_relative_to_fp32", relative_accuracy(int8_accuracy, fp32_accuracy), min_ratio)
-    return dataclasses.replace(m, note=f"int8 {_fmt(int8_accuracy)} vs fp32 {_fmt(fp32_accuracy)}")
+    return dataclasses.replace(m, note=f"int8 {format_value(int8_accuracy)} vs fp32 {format_value(fp32_accuracy)}")
 
 
 # -- context and assertions ---------------------------------------------------------------------------

@@ -63,7 +63,7 @@ class Verdict(str, Enum):  # noqa: UP042 - StrEnum is 3.11+, and this file must 
 # -- samples and nearest-rank percentiles ---------------------------------------------------------
 
 
-def _as_samples(samples: npt.ArrayLike) -> np.ndarray:
+def as_samples(samples: npt.ArrayLike) -> np.ndarray:
     """A non-empty 1-D float64 array of finite samples (a NaN latency is a runner bug, not a value)."""
     x = np.asarray(samples, dtype=np.float64).reshape(-1)
     if x.size == 0:
@@ -107,7 +107,7 @@ def nearest_rank(n: int, q: float) -> int:
 
 def percentile(samples: npt.ArrayLike, q: float) -> float:
     """Nearest-rank q-th percentile, q in (0, 100] (100 is the maximum)."""
-    x = _as_samples(samples)
+    x = as_samples(samples)
     k = nearest_rank(x.size, q)
     return float(np.partition(x, k - 1)[k - 1])
 
@@ -132,7 +132,7 @@ class LatencySummary:
 
 def coefficient_of_variation(samples: npt.ArrayLike) -> float:
     """std (ddof=1) / mean; 0 for one sample or an all-zero sample."""
-    x = _as_samples(samples)
+    x = as_samples(samples)
     mean = float(np.mean(x))
     if x.size < 2 or mean == 0.0:
         return 0.0
@@ -145,7 +145,7 @@ def summarize(latencies_ms: npt.ArrayLike, batch_size: int = 1, wall_time_s: flo
     Throughput is batch_size * count / wall_time_s when the runner measured the loop's wall time
     (it then includes the loop's own overhead), else batch_size * count / sum(latencies).
     """
-    x = _as_samples(latencies_ms)
+    x = as_samples(latencies_ms)
     if np.any(x < 0):
         raise ValueError("latencies must not be negative")
     if batch_size < 1:
@@ -266,7 +266,7 @@ def percentile_bounds(samples: npt.ArrayLike, q: float, confidence: float = DEFA
 
     Together they form a two-sided interval at confidence 2c - 1 (98% for c = 0.99).
     """
-    x = _as_samples(samples)
+    x = as_samples(samples)
     lower_rank, upper_rank = bound_ranks(x.size, float(q), float(confidence))
     ranks = [k - 1 for k in (lower_rank, upper_rank) if k is not None]
     part = np.partition(x, ranks) if ranks else x
@@ -294,7 +294,7 @@ def verdict_from_count(within: int, n: int, q: float, confidence: float = DEFAUL
 def percentile_verdict(samples: npt.ArrayLike, q: float, limit: float,
                        confidence: float = DEFAULT_CONFIDENCE) -> Verdict:
     """PASS / FAIL / INCONCLUSIVE for "the q-th percentile is <= limit"; O(n), no sort."""
-    x = _as_samples(samples)
+    x = as_samples(samples)
     return verdict_from_count(int(np.count_nonzero(x <= limit)), int(x.size), q, confidence)
 
 
@@ -360,7 +360,7 @@ def samples_to_decide(samples: npt.ArrayLike, q: float, limit: float, confidence
     samples would decide with probability `power`. None when the observed share sits on q/100
     (the percentile is at the limit: no sample size decides it) or N would exceed max_total.
     """
-    x = _as_samples(samples)
+    x = as_samples(samples)
     n = int(x.size)
     within = int(np.count_nonzero(x <= limit))
     if verdict_from_count(within, n, q, confidence) is not Verdict.INCONCLUSIVE:

@@ -31,7 +31,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, PercentFormatter
 
-from hil.stats import Verdict, nearest_rank
+from hil.budgets import format_value
+from hil.stats import Verdict, as_samples, nearest_rank
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -118,7 +119,7 @@ def latency_histogram_png(latencies_ms: npt.ArrayLike, *, title: str, budgets: S
     The x axis turns logarithmic (log-spaced bins) when the values span a factor of 10 or more, and
     the counts when rare bins would be too short to see, so a single stall is never invisible.
     """
-    x = _samples(latencies_ms)
+    x = as_samples(latencies_ms)
     fig, ax = _figure()
     lo, hi = _extent(x, budgets)
     log_x = lo > 0 and hi / lo >= _WIDE_RANGE
@@ -157,7 +158,7 @@ def latency_cdf_png(latencies_ms: npt.ArrayLike, *, title: str, budgets: Sequenc
     that meets the step curve at the nearest-rank percentile, where a dot marks the measured value.
     The tail panel starts at the median (or the leftmost mark) so p99 and beyond are readable.
     """
-    x = _samples(latencies_ms)
+    x = as_samples(latencies_ms)
     s = np.sort(x)
     n = s.size
     fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
@@ -251,7 +252,7 @@ def accuracy_vs_noise_png(levels: Sequence[float], accuracies: Sequence[float], 
                            label=f"below floor ({int(below.sum())} of {x.size})")
     if floor is not None:
         handles += [ax.axhline(float(floor), color=_FAIL_COLOR, linestyle="--", linewidth=1.5, zorder=1,
-                               label=f"budget floor {_fmt(float(floor))}")]
+                               label=f"budget floor {format_value(float(floor))}")]
     if x.size <= 12:  # few enough points to print their values
         for xi, yi in zip(x, y, strict=True):
             ax.annotate(f"{yi:.3f}", (xi, yi), xytext=(0, 10 if yi < 0.96 else -16), textcoords="offset points",
@@ -270,23 +271,6 @@ def accuracy_vs_noise_png(levels: Sequence[float], accuracies: Sequence[float], 
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-
-
-def _fmt(value: float) -> str:
-    """As hil.budgets prints limits: 2.0 -> '2.0', 1.8349 -> '1.835'."""
-    value = float(value)
-    if value.is_integer() and abs(value) < 1e15:
-        return f"{value:.1f}"
-    return f"{value:.4g}"
-
-
-def _samples(latencies_ms: npt.ArrayLike) -> np.ndarray:
-    x = np.asarray(latencies_ms, dtype=np.float64).reshape(-1)
-    if x.size == 0:
-        raise ValueError("no samples")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("samples must be finite numbers (found NaN or infinity)")
-    return x
 
 
 def _figure() -> tuple[Figure, Axes]:
@@ -397,21 +381,21 @@ def _vertical_marks(ax: Axes, mark: PercentileMark, color: str, value_style: str
     """Lines for the limit, the measured value (when value_style is a line style) and each bound; their handles."""
     c = "" if mark.confidence is None else f"{mark.confidence * 100:.10g}% "
     handles = [ax.axvline(mark.limit, color=color, linewidth=2.2, zorder=3,
-                          label=f"{mark.name} budget {_fmt(mark.limit)} ms: {mark.verdict.value}")]
+                          label=f"{mark.name} budget {format_value(mark.limit)} ms: {mark.verdict.value}")]
     if value_style is not None:
         handles.append(ax.axvline(mark.value, color=color, linestyle=value_style, linewidth=1.4, zorder=3,
-                                  label=f"{mark.name} measured {_fmt(mark.value)} ms"))
+                                  label=f"{mark.name} measured {format_value(mark.value)} ms"))
     else:
         handles.append(Line2D([], [], linestyle="none", marker="o", color=color, markersize=5,
-                              label=f"{mark.name} measured {_fmt(mark.value)} ms"))
+                              label=f"{mark.name} measured {format_value(mark.value)} ms"))
     if mark.upper_bound is not None:
         handles.append(ax.axvline(mark.upper_bound, color=color, linestyle=":", linewidth=1.6, zorder=3,
-                                  label=f"{mark.name} {c}upper bound {_fmt(mark.upper_bound)} ms"))
+                                  label=f"{mark.name} {c}upper bound {format_value(mark.upper_bound)} ms"))
     else:
         handles.append(Line2D([], [], linestyle="none", label=f"{mark.name} upper bound: none (n too small)"))
     if mark.lower_bound is not None:
         handles.append(ax.axvline(mark.lower_bound, color=color, linestyle="-.", linewidth=1.2, zorder=3,
-                                  label=f"{mark.name} {c}lower bound {_fmt(mark.lower_bound)} ms"))
+                                  label=f"{mark.name} {c}lower bound {format_value(mark.lower_bound)} ms"))
     return handles
 
 
@@ -419,7 +403,7 @@ def _summary(x: np.ndarray) -> str:
     s = np.sort(x)
     median = float(s[max(1, math.ceil(s.size / 2)) - 1])
     head = f"{s.size:,} sample{'s' if s.size != 1 else ''} (ms)"
-    return f"{head}\nmin {_fmt(s[0])}, median {_fmt(median)}, max {_fmt(s[-1])}"
+    return f"{head}\nmin {format_value(s[0])}, median {format_value(median)}, max {format_value(s[-1])}"
 
 
 def _legend(fig: Figure, handles: list[Any], title: str | None) -> None:
