@@ -61,9 +61,9 @@ from hil import __version__
 from hil.artifacts import key_id, load_private_key, load_public_key
 from hil.errors import ConfigError, HilError
 from hil.report.files import write_bytes_atomic
+from hil.report.summary import SCHEMA as SUMMARY_SCHEMA
 
 SCHEMA = "hil.evidence/1"
-SUMMARY_SCHEMA = "hil.summary/1"
 MANIFEST = "MANIFEST.json"
 SIGNATURE = "MANIFEST.sig"
 PUBLIC_KEY = "signer.pub"

@@ -77,9 +77,9 @@ import numpy.typing as npt
 
 from hil.errors import ConfigError
 from hil.report.files import write_bytes_atomic
+from hil.report.summary import SCHEMA
 from hil.stats import nearest_rank
 
-SCHEMA = "hil.summary/1"
 GATE_SCHEMA = "hil.gate/1"
 DEFAULT_CURRENT = Path("reports/summary.json")
 DEFAULT_RESAMPLES = 2000
