@@ -16,11 +16,15 @@ from hil.device import Device
 from hil.lab import EmulatedLab, network
 from tests.handbuilt import handbuilt_device  # noqa: F401 (the session fixture `handbuilt`, built once)
 
-# Its own name and subnet, so the tests never disturb a lab brought up by `make run`.
-TEST_LAB_TOML = """
+# Its own name and subnet, so the tests never disturb a lab brought up by `make run`. Two test runs
+# at once on one machine (two developers, or a developer and a helper) each set their own with
+# HIL_TEST_LAB="name:third-octet", e.g. HIL_TEST_LAB=hilt2:12 for lab "hilt2" on 10.77.12.0/24.
+TEST_LAB_NAME, _, _OCTET = os.environ.get("HIL_TEST_LAB", "hiltest:1").partition(":")
+TEST_SUBNET = f"10.77.{int(_OCTET or 1)}.0/24"
+TEST_LAB_TOML = f"""
 [lab]
-name = "hiltest"
-subnet = "10.77.1.0/24"
+name = "{TEST_LAB_NAME}"
+subnet = "{TEST_SUBNET}"
 
 [[devices]]
 name = "emu-a"
@@ -42,8 +46,8 @@ workdir = "/var/lib/hil"
 """
 
 # Only ever an address inside the test lab's subnet, and only while the `lab` fixture is up: the lab's
-# bridge owns 10.77.1.0/24, so nothing sent there leaves this machine, and nothing answers at .250.
-GHOST_ADDRESS = "10.77.1.250"
+# bridge owns the test subnet, so nothing sent there leaves this machine, and nothing answers at .250.
+GHOST_ADDRESS = TEST_SUBNET.replace(".0/24", ".250")
 GHOST_TOML = """
 [[devices]]
 name = "ghost"

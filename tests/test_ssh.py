@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
 import time
 import uuid
@@ -15,6 +16,7 @@ from hil.errors import AuthError, CommandTimeout, ConnectError, HostKeyError, In
 from hil.lab import EmulatedLab
 from hil.lab.host import find_tool, host_run
 from hil.transport.ssh import SshTransport
+from tests.conftest import GHOST_ADDRESS
 
 pytestmark = pytest.mark.usefixtures("lab")
 
@@ -133,9 +135,9 @@ def test_wrong_client_key_is_refused(device_a: Device, tmp_path: Path) -> None:
 
 def test_unreachable_device_fails_fast(device_a: Device) -> None:
     # An unused address inside the lab subnet: the lab bridge owns it, nothing leaves the machine.
-    transport = _transport(device_a, host="10.77.1.250", connect_timeout=1.0)
+    transport = _transport(device_a, host=GHOST_ADDRESS, connect_timeout=1.0)
     started = time.monotonic()
-    with pytest.raises(ConnectError, match=r"10\.77\.1\.250"):
+    with pytest.raises(ConnectError, match=re.escape(GHOST_ADDRESS)):
         transport.run("true", timeout=5)
     assert time.monotonic() - started < 1.0 + 1.0
 
