@@ -35,9 +35,17 @@ class Secret:
 
     value: str = field(repr=False)
     source: str = ""
+    # A file holding the value instead (a password the emulated lab made up), read when it is needed.
+    path: Path | None = None
 
     def reveal(self) -> str:
-        return self.value
+        if self.path is None:
+            return self.value
+        try:
+            return self.path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{self.source}: cannot read {self.path} ({exc.strerror}): is the lab up? "
+                              "(hil lab up)") from None
 
     def __str__(self) -> str:
         return f"<secret from {self.source}>" if self.source else "<secret>"
@@ -110,6 +118,13 @@ class DeviceConfig:
     # Clock faults may set the system clock (root) where sessions have no libfaketime; opt-in, because it
     # moves the clock for everything on the device.
     clock_set: bool = False
+    # Emulated devices only: the venv the lab makes for `python` (numpy and onnxruntime in it), or None.
+    venv: str | None = None
+
+    @property
+    def login_user(self) -> str:
+        """The user hil logs in as (ssh_config may still change it for a real device)."""
+        return self.ssh.user or "root"
 
 
 @dataclass(frozen=True)
@@ -416,7 +431,11 @@ _DEVICE_KEYS = {"name", "tags", "emulated", "workdir", "python", "ssh", "serial"
 _SSH_KEYS = {"host", "port", "user", "key", "password", "known_hosts", "strict_host_key_checking",
              "connect_timeout", "keepalive", "reconnect_timeout", "bind_interface", "config_file", "jump"}
 _BECOME_KEYS = {"method", "password"}
-_EMULATED_SSH_KEYS = {"connect_timeout", "keepalive", "reconnect_timeout"}
+_EMULATED_SSH_KEYS = {"user", "connect_timeout", "keepalive", "reconnect_timeout"}
+# A login the lab creates on this machine for a non-root emulated device (useradd's rules, kept short).
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,30}$")
+_VENV_PYTHON = re.compile(r"^(/[A-Za-z0-9._-]+)+/bin/python(3(\.\d+)?)?$")
+LAB_VENV_ROOT = Path("/var/lib/hil-lab")  # where a non-root emulated device's venv goes by default
 _SERIAL_KEYS = {"port", "baud", "login", "password", "prompt", "timeout"}
 
 
@@ -434,8 +453,12 @@ def _load_ssh(ctx: _Ctx, raw: dict[str, Any], base: Path, emulated_host: str | N
                 raise ctx.error(key, f"unknown key (an emulated device allows: {allowed})")
             if key not in _EMULATED_SSH_KEYS:
                 raise ctx.error(key, f"is set by the emulated lab; only {allowed} may be given for an emulated device")
+        user = _str(ctx, raw, "user", "root") or "root"
+        if not _USER.fullmatch(user):
+            raise ctx.error("user", "must be a login name the lab can create (lowercase letters, digits, '_', '-', "
+                                    f"at most 31, starting with a letter or '_'), got {user!r}")
         # Bound to the lab bridge: if the lab is down, traffic fails here instead of taking the default route.
-        return SshConfig(host=emulated_host, port=22, user="root", key=lab.client_key, known_hosts=lab.known_hosts,
+        return SshConfig(host=emulated_host, port=22, user=user, key=lab.client_key, known_hosts=lab.known_hosts,
                          bind_interface=lab.bridge, **timeouts)
     _check_keys(ctx, raw, _SSH_KEYS, {"host"})
     strict = _bool(ctx, raw, "strict_host_key_checking", True)
@@ -500,6 +523,38 @@ def _load_serial(ctx: _Ctx, raw: dict[str, Any], base: Path, emulated_port: Path
     )
 
 
+def _emulated_console(ctx: _Ctx, serial: SerialConfig, ssh: SshConfig, become: BecomeConfig, lab: LabConfig,
+                      name: str) -> SerialConfig:
+    """A non-root emulated device's console asks `login:` and `Password:`, as a getty does, and logs in as
+    its ssh user; a root one is a bare root shell. Without a password of the user's, the lab makes one up."""
+    if ssh.user == "root":
+        for key in ("login", "password"):
+            if getattr(serial, key) is not None:
+                raise ctx.at("serial").error(key, "is for a non-root emulated device (set ssh.user); a root "
+                                                  "device's console is a root shell without a login")
+        return serial
+    if serial.login not in (None, ssh.user):
+        raise ctx.at("serial").error("login", f"must be the device's ssh.user {ssh.user!r} (the one login the "
+                                              f"lab makes), got {serial.login!r}")
+    password = serial.password or become.password or Secret(
+        "", source=f"the password the lab made for '{name}'", path=lab.dir / name / "console-password")
+    return SerialConfig(port=serial.port, baud=serial.baud, login=ssh.user, password=password,
+                        prompt=serial.prompt, timeout=serial.timeout)
+
+
+def _emulated_venv(ctx: _Ctx, python: str | None, ssh: SshConfig, lab: LabConfig, name: str) -> str | None:
+    """The venv the lab makes for an emulated device: the one `python` names, or for a non-root device
+    one of its own (the lab's interpreter may sit where that user cannot go)."""
+    if python is not None:
+        if not _VENV_PYTHON.fullmatch(python) or python.rsplit("/bin/", 1)[0] in _SYSTEM_DIRS:
+            raise ctx.error("python", "of an emulated device must be the interpreter of a venv the lab makes, "
+                                      f"like \"/opt/venvs/ort/bin/python\" (not in a system directory), got {python!r}")
+        return python.rsplit("/bin/", 1)[0]
+    if ssh.user == "root":
+        return None  # the lab's own interpreter, through a wrapper on the device's PATH
+    return str(LAB_VENV_ROOT / lab.name / name / "venv")
+
+
 def _load_device(ctx: _Ctx, raw: Any, index: int, emulated_index: int, lab: LabConfig) -> DeviceConfig:
     if not isinstance(raw, dict):
         raise ctx.error(None, f"[[devices]] entry {index + 1} must be a table, got {_type_name(raw)}")
@@ -543,14 +598,20 @@ def _load_device(ctx: _Ctx, raw: Any, index: int, emulated_index: int, lab: LabC
             raise ctx.error("ssh", "is required for a real device ([devices.ssh] with at least host)")
 
     ssh = _load_ssh(ctx, _table(ctx, raw, "ssh") or {}, base, emulated_host, lab)
+    become = _load_become(ctx, _table(ctx, raw, "become") or {})
     serial_raw = raw.get("serial")
     serial = None
     if emulated and serial_raw is not False:
         if serial_raw is not None and not isinstance(serial_raw, dict):
             raise ctx.error("serial", f"must be a table or false for an emulated device, got {serial_raw!r}")
-        serial = _load_serial(ctx, serial_raw or {}, base, lab.console_path(name))
+        serial = _emulated_console(ctx, _load_serial(ctx, serial_raw or {}, base, lab.console_path(name)), ssh,
+                                   become, lab, name)
     elif not emulated and serial_raw is not None:
         serial = _load_serial(ctx, _table(ctx, raw, "serial") or {}, base, None)
+    python = _str(ctx, raw, "python", "python3") or "python3"
+    venv = _emulated_venv(ctx, python if "python" in raw else None, ssh, lab, name) if emulated else None
+    if venv is not None:
+        python = f"{venv}/bin/python" if "python" not in raw else python
 
     workdir = _str(ctx, raw, "workdir", DEFAULT_WORKDIR if emulated else None)
     if workdir is not None:
@@ -569,8 +630,9 @@ def _load_device(ctx: _Ctx, raw: Any, index: int, emulated_index: int, lab: LabC
         workdir=workdir,
         emulated=emulated,
         resources=resources,
-        python=_str(ctx, raw, "python", "python3") or "python3",
-        become=_load_become(ctx, _table(ctx, raw, "become") or {}),
+        python=python,
+        become=become,
+        venv=venv,
         reboot_command=_str(ctx, raw, "reboot_command", reboot_default) or reboot_default,
         reboot_timeout=_number(ctx, raw, "reboot_timeout", 300.0),
         clock_set=_bool(ctx, raw, "clock_set", False),
@@ -607,6 +669,11 @@ def load_inventory(path: Path | str) -> Inventory:
         device = _load_device(ctx, raw, index, emulated_count, lab)
         if any(d.name == device.name for d in devices):
             raise _Ctx(path, device.name).error("name", "is used by two devices; names must be unique")
+        if device.emulated and device.ssh.user != "root":
+            twin = next((d.name for d in devices if d.emulated and d.ssh.user == device.ssh.user), None)
+            if twin is not None:
+                raise _Ctx(path, device.name).error("ssh.user", f"{device.ssh.user!r} is already the login of "
+                                                    f"emulated device '{twin}'; each needs a user of its own")
         emulated_count += device.emulated
         devices.append(device)
     return Inventory(path=path, lab=lab, devices=tuple(devices), deploy=deploy)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,10 @@ from tests.handbuilt import handbuilt_device  # noqa: F401 (the session fixture 
 # HIL_TEST_LAB="name:third-octet", e.g. HIL_TEST_LAB=hilt2:12 for lab "hilt2" on 10.77.12.0/24.
 TEST_LAB_NAME, _, _OCTET = os.environ.get("HIL_TEST_LAB", "hiltest:1").partition(":")
 TEST_SUBNET = f"10.77.{int(_OCTET or 1)}.0/24"
+# emu-b is the realistic profile: a non-root login whose sudo wants a password (this one, made up per
+# run), a console asking login and password, onnxruntime only in a venv of the lab's making.
+TEST_SUDO_PASSWORD_ENV = "HIL_TEST_SUDO_PASSWORD"
+os.environ.setdefault(TEST_SUDO_PASSWORD_ENV, "pw-" + secrets.token_urlsafe(9))
 TEST_LAB_TOML = f"""
 [lab]
 name = "{TEST_LAB_NAME}"
@@ -43,6 +48,10 @@ cpus = 0.5
 memory = "256MiB"
 disk = "32MiB"
 workdir = "/var/lib/hil"
+[devices.ssh]
+user = "{TEST_LAB_NAME}u"
+[devices.become]
+password = "${{{TEST_SUDO_PASSWORD_ENV}}}"
 """
 
 # Only ever an address inside the test lab's subnet, and only while the `lab` fixture is up: the lab's

@@ -149,7 +149,6 @@ def test_default_inventory_emulated_wiring() -> None:
     inventory = load_inventory(DEFAULT_TOML)
     lab = inventory.lab
     for device in inventory.devices:
-        assert device.ssh.user == "root"
         assert device.ssh.key == lab.client_key
         assert device.ssh.known_hosts == lab.known_hosts
         assert device.ssh.password is None
@@ -161,6 +160,52 @@ def test_default_inventory_emulated_wiring() -> None:
     assert by_name["orin-nano-emu"].resources.cpus == 1.5
     assert by_name["rpi4-emu"].resources.memory_bytes == 512 * MiB
     assert by_name["rpi4-emu"].resources.disk_bytes == 256 * MiB
+    # One root device, and one set up as real boards are: non-root with sudo, a console that wants a
+    # login, onnxruntime in a venv the lab makes.
+    root, board = by_name["orin-nano-emu"], by_name["rpi4-emu"]
+    assert root.ssh.user == "root" and root.venv is None and root.serial.login is None
+    assert board.ssh.user == "hilpi" and board.become.method == "sudo" and board.become.password is None
+    assert board.serial.login == "hilpi" and board.serial.password.path == lab.dir / "rpi4-emu" / "console-password"
+    assert board.python == f"{board.venv}/bin/python" and board.python.startswith("/var/lib/hil-lab/")
+
+
+# ---------------------------------------------------------------------------------------------
+# The non-root emulated profile
+
+
+def test_emulated_non_root_defaults(tmp_path: Path) -> None:
+    device = load(tmp_path, emulated('[devices.ssh]\nuser = "edge"')).get("emu")
+    assert device.login_user == "edge"
+    assert device.venv == "/var/lib/hil-lab/hil/emu/venv" and device.python == device.venv + "/bin/python"
+    assert device.serial.login == "edge"
+    assert device.serial.password.path is not None and "lab made" in str(device.serial.password)
+    assert device.become.method == "sudo" and device.become.password is None  # passwordless sudo
+
+
+def test_emulated_sudo_password_is_the_console_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HIL_CFG_PW", "pw-123")
+    device = load(tmp_path, emulated('python = "/opt/ort/bin/python3"\n[devices.ssh]\nuser = "edge"\n'
+                                     '[devices.become]\npassword = "${HIL_CFG_PW}"')).get("emu")
+    assert device.venv == "/opt/ort" and device.python == "/opt/ort/bin/python3"
+    assert device.serial.password.reveal() == "pw-123" and "pw-123" not in repr(device)
+
+
+@pytest.mark.parametrize(("extra", "key", "message"), [
+    ('[devices.ssh]\nuser = "Bad User"', "ssh.user", "login name the lab can create"),
+    ('python = "python3.11"\n[devices.ssh]\nuser = "edge"', "python", "interpreter of a venv the lab makes"),
+    ('python = "/usr/bin/python3"', "python", "not in a system directory"),
+    ('[devices.serial]\nlogin = "other"\n[devices.ssh]\nuser = "edge"', "serial.login", "must be the device's"),
+    ('[devices.serial]\nlogin = "root"', "serial.login", "non-root emulated device"),
+])
+def test_emulated_profile_errors(tmp_path: Path, extra: str, key: str, message: str) -> None:
+    text = error(tmp_path, emulated(extra))
+    assert f"device 'emu': key '{key}'" in text and message in text
+
+
+def test_two_emulated_devices_cannot_share_a_login(tmp_path: Path) -> None:
+    user = '[devices.ssh]\nuser = "edge"'
+    text = error(tmp_path, emulated(user, "a") + emulated(user, "b"))
+    assert "device 'b': key 'ssh.user'" in text and "emulated device 'a'" in text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,7 +562,6 @@ def test_too_many_emulated_devices_for_subnet(tmp_path: Path) -> None:
     [
         ('host = "10.0.0.5"', "ssh.host"),
         ("port = 2222", "ssh.port"),
-        ('user = "admin"', "ssh.user"),
         ('key = "id_ed25519"', "ssh.key"),
         ('password = "${HIL_TEST_PW}"', "ssh.password"),
         ('known_hosts = "known_hosts"', "ssh.known_hosts"),

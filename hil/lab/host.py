@@ -22,6 +22,13 @@ REQUIRED_TOOLS = {
     "nsenter": "util-linux",
     "unshare": "util-linux",
     "iptables": "iptables",
+    # the login, sudo rule and password of a non-root emulated device
+    "useradd": "passwd",
+    "usermod": "passwd",
+    "userdel": "passwd",
+    "chpasswd": "passwd",
+    "sudo": "sudo",
+    "visudo": "sudo",
 }
 _SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 

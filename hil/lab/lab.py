@@ -20,7 +20,7 @@ from pathlib import Path
 from hil.config import DeviceConfig, Inventory, LabConfig
 from hil.deadline import Deadline
 from hil.errors import LabError
-from hil.lab import cgroup, network, services
+from hil.lab import cgroup, network, services, users, venv
 from hil.lab.host import pid_alive, pid_namespace_depth, read_pid, require_lab_host
 from hil.transport.ssh import open_socket
 
@@ -66,6 +66,9 @@ class EmulatedLab:
             for stale in set(network.list_netns(self.config.name)) - wanted:
                 log.info("removing stale device namespace %s", stale)
                 self._teardown_namespace(stale)
+            for gone in users.stale_devices(self.config, {d.name for d in self.devices}):
+                log.info("removing the login of device %s, no longer in %s", gone, self.inventory.path)
+                users.remove_login(self.config, gone)
             if not self.devices:
                 return []
             network.ensure_bridge(self.config.name, self.config.subnet)
@@ -86,6 +89,8 @@ class EmulatedLab:
                 cgroup.remove(group)
             for link in network.list_links(self.config.name):
                 network.delete_link(link)
+            users.remove_all(self.config)
+            venv.remove_all(self.config)
             shutil.rmtree(self.config.dir, ignore_errors=True)
 
     def status(self) -> list[DeviceStatus]:
@@ -126,11 +131,16 @@ class EmulatedLab:
         assert device.resources is not None
         lab = self.config
         address = ipaddress.IPv4Address(device.ssh.host)
-        services.write_device_files(lab, device)
+        login = users.ensure_login(lab, device, services.device_home(lab, device.name))
+        if device.venv is not None:
+            venv.ensure_venv(lab, device.name, Path(device.venv))
+        services.write_device_files(lab, device, login)
+        shadow = users.ensure_console_password(lab, device) if login is not None else None
         group = cgroup.create(self._cgroup_name(device), device.resources.cpus, device.resources.memory_bytes)
         join = group.add if group else None
         network.create_device_net(lab.name, device.name, address, lab.subnet)
-        init_pid = services.start_device(lab, device, network.netns_name(lab.name, device.name), join)
+        init_pid = services.start_device(lab, device, network.netns_name(lab.name, device.name), join, login,
+                                         shadow)
         self._wait_for_sshd(device, init_pid)
         if device.serial is not None:
             self._wait_for_console(device)
