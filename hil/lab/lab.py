@@ -235,7 +235,7 @@ class EmulatedLab:
         """What the device was built from; a change (or a vanished interpreter) means rebuild."""
         data = {"device": repr(device), "lab": repr(self.config), "python": sys.executable,
                 "python_exists": Path(sys.executable).exists(), "faketime": str(services.faketime_library()),
-                "code": _LAB_CODE_HASH}
+                "code": _LAB_CODE_HASH, "passwords": users.passwords_digest(self.config, device)}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def _stored_fingerprint(self, device: DeviceConfig) -> str:

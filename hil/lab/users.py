@@ -8,6 +8,7 @@ removes users whose comment says this lab made them, and sudoers files named aft
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
 import pwd
@@ -123,6 +124,16 @@ def ensure_console_password(lab: LabConfig, device: DeviceConfig) -> Path | None
     shadow = lab.dir / device.name / "console-shadow"
     _write_private(shadow, f"{salt}${password_hash(salt, value)}")
     return shadow
+
+
+def passwords_digest(lab: LabConfig, device: DeviceConfig) -> str:
+    """Changes when the sudo or console password devices.toml gives changes (repr() hides secrets), so the
+    device is rebuilt with the new one; keyed with the lab's own secret, so the digest tells nothing."""
+    given = [s.reveal() for s in (device.become.password, device.serial.password if device.serial else None)
+             if s is not None and s.path is None]
+    if not given or not lab.client_key.is_file():
+        return ""
+    return hmac.new(lab.client_key.read_bytes(), "\0".join(given).encode(), "sha256").hexdigest()
 
 
 def password_hash(salt: str, password: str) -> str:

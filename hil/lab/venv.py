@@ -41,6 +41,14 @@ def _readable_by_all(path: Path) -> bool:
     return all(parent.stat().st_mode & stat.S_IXOTH for parent in resolved.parents)
 
 
+def _closed_parent(path: Path) -> str:
+    for parent in reversed(path.resolve().parents):
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            return f"{parent} has mode {stat.filemode(mode)}"
+    return "unknown"
+
+
 def base_interpreter() -> Path:
     """A Python of the lab's own version that every user can run (the packages are built for that version)."""
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
@@ -99,6 +107,12 @@ def ensure_venv(lab: LabConfig, device: str, path: Path) -> None:
                 mode = entry.stat().st_mode
                 entry.chmod(mode | stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
                             | (stat.S_IXGRP | stat.S_IXOTH if mode & stat.S_IXUSR else 0))
+    if not (_readable_by_all(path / "bin" / "python") and all(d.stat().st_mode & stat.S_IXOTH
+                                                               for d in (path, *path.parents))):
+        shutil.rmtree(path, ignore_errors=True)
+        raise LabError(f"device '{device}': the venv {path} lies in a directory its non-root login cannot enter "
+                       f"({_closed_parent(path)}): give `python` a path under an open directory (like /opt or "
+                       "/var/lib) in devices.toml")
     (path / MARKER).write_text(json.dumps(_wanted(lab)))
     log.info("device %s: venv %s made from %s", device, path, base)
 
