@@ -159,7 +159,8 @@ def test_a_venv_the_login_cannot_reach_is_refused_with_the_reason(tmp_path: Path
     closed.mkdir(mode=0o700)
     lab = EmulatedLab(load_inventory(write_devices(tmp_path, PROFILE_LAB_TOML.format(venv=closed / "venv"))))
     try:
-        with pytest.raises(LabError, match=rf"venv {closed}/venv lies in a directory its non-root login cannot enter \(/tmp/\S+ has mode drwx------\)"):
+        with pytest.raises(LabError, match=rf"venv {closed}/venv lies in a directory its non-root login "
+                                           r"cannot enter \(/tmp/\S+ has mode drwx------\)"):
             lab.up()
     finally:
         lab.down()
