@@ -171,14 +171,27 @@ class Device:
         variable, so it never lands in a file, a log, or the command's stdin."""
         if self.config.become.method == "none":
             raise PrivilegeUnavailable(f"device '{self.name}': root needed, but become.method = \"none\"")
-        inner = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in (env or {}).items()) + " " if env else ""
-        wrapped = f"{inner}/bin/sh -c {shlex.quote(command)}"
         password = self.config.become.password
         if password is None:
-            return f"sudo -n -- {wrapped}", {}
-        askpass = self._askpass()
-        return (f"SUDO_ASKPASS={shlex.quote(askpass)} sudo -A -p '' -- {wrapped}",
-                {"HIL_SUDO_PASSWORD": password.reveal()})
+            return self._sudo(command, env), {}
+        return self._sudo(command, env, askpass=self._askpass()), {"HIL_SUDO_PASSWORD": password.reveal()}
+
+    def _sudo(self, command: str, env: Mapping[str, str] | None, *, askpass: str | None = None,
+              create_askpass: bool = False) -> str:
+        """`command` under sudo: `-n` without a password, else `-A` with the askpass helper (made first
+        where it may be missing, e.g. on a console when SSH never made it)."""
+        inner = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in (env or {}).items()) + " " if env else ""
+        wrapped = f"{inner}/bin/sh -c {shlex.quote(command)}"
+        if self.config.become.password is None:
+            return f"sudo -n -- {wrapped}"
+        assert askpass is not None
+        quoted = shlex.quote(askpass)
+        make = ""
+        if create_askpass:
+            lines = " ".join(shlex.quote(line) for line in _ASKPASS.decode().splitlines())
+            make = (f"{{ [ -x {quoted} ] || {{ mkdir -p {shlex.quote(str(Path(askpass).parent))} && "
+                    f"printf '%s\\n' {lines} > {quoted} && chmod 700 {quoted}; }}; }} && ")
+        return f"{make}SUDO_ASKPASS={quoted} sudo -A -p '' -- {wrapped}"
 
     # -- commands and files ------------------------------------------------------------------
 
@@ -226,9 +239,27 @@ class Device:
         return self._serial
 
     def console(self, command: str, *, timeout: float = DEFAULT_TIMEOUT, env: Mapping[str, str] | None = None,
-                cwd: str | None = None) -> Result:
-        """Run a command over the serial console (works when the network does not)."""
-        return self.serial.run(command, timeout=timeout, env=env, cwd=cwd)
+                cwd: str | None = None, root: bool = False) -> Result:
+        """Run a command over the serial console (works when the network does not).
+
+        root=True runs it as root, through sudo when the console's user is not root, as `run` does: the
+        console of a real device is logged in as that device's ordinary user. A sudo password goes to
+        the console only as an environment variable of this one command (never echoed: the console runs
+        with `stty -echo` and no history), read by the askpass helper; it never lands in a file or a log.
+        """
+        if not root:
+            return self.serial.run(command, timeout=timeout, env=env, cwd=cwd)
+        uid = self.serial.run("id -u", timeout=timeout).stdout.strip()
+        if uid == "0":
+            return self.serial.run(command, timeout=timeout, env=env, cwd=cwd)
+        if self.config.become.method == "none":
+            raise PrivilegeUnavailable(f"device '{self.name}': root needed on the serial console (logged in as uid "
+                                       f"{uid or '?'}), but become.method = \"none\"")
+        wrapped = self._sudo(command, env, askpass=f"{self.workdir}/.hil-askpass", create_askpass=True)
+        password = self.config.become.password
+        secret_env = {"HIL_SUDO_PASSWORD": password.reveal()} if password is not None else {}
+        result = self.serial.run(wrapped, timeout=timeout, env=secret_env, cwd=cwd)
+        return Result(command, result.stdout, result.stderr, result.exit_status, result.duration)
 
     # -- facts and health --------------------------------------------------------------------
 

@@ -18,11 +18,13 @@ from hil.device import Device
 from hil.errors import CapabilityMissing, InfraError
 from hil.faults import ledger
 from hil.faults.ledger import FaultRecord
+from hil.transport.ssh import DegradedLink
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SECONDS = 300.0
 APPLY_SETTLE = 0.5  # seconds: a detached apply has run by then
+DEADMAN_MARGIN = 30.0  # seconds past a dead-man's due time before hil stops waiting for it
 
 
 @dataclass
@@ -49,6 +51,9 @@ class Fault:
 
     kind = "fault"
     cuts_network = False  # may cut hil off the device: arm a dead-man and prefer the serial console to undo
+    # makes the link lossy or slow, not cut: SSH reconnects wait for it (hil.transport.ssh.SshTransport.begin_degraded)
+    degrades_link = False
+    _link: DegradedLink | None = None
 
     def __init__(self, device: Device, *, max_seconds: float = DEFAULT_MAX_SECONDS, seed: int | None = None,
                  run_id: str | None = None, params: dict[str, Any] | None = None) -> None:
@@ -70,7 +75,13 @@ class Fault:
         raise NotImplementedError
 
     def undo_script(self) -> str:
+        """Shell that undoes the fault: idempotent (succeeds when there is nothing left to undo), and
+        exiting non-zero when a step of it really fails."""
         raise NotImplementedError
+
+    def trace(self) -> dict[str, Any]:
+        """What shows this fault on the device, read back after an undo (see ledger.FaultRecord.trace)."""
+        return {}
 
     needs_root = True
 
@@ -87,12 +98,15 @@ class Fault:
         if self.needs_root:
             self.device.require_root(f"a {self.kind} fault")
         self.record = FaultRecord(self.id, self.kind, self.params, _now(), self.max_seconds if self.cuts_network
-                                  else None, self.run_id, self.seed)
+                                  else None, self.run_id, self.seed, root=self.needs_root, trace=self.trace())
+        self._applied_mono = time.monotonic()
         ledger.record(self.device, self.record, self.undo_script())
         if self.cuts_network:
             pid = ledger.arm_deadman(self.device, self.record, self.max_seconds)
             self.record = FaultRecord(**{**self.record.__dict__, "deadman_pid": pid})
             ledger.record(self.device, self.record, self.undo_script())
+        if self.degrades_link:  # until the dead-man's due time, and a margin
+            self._link = self.device.ssh.begin_degraded(f"{self.kind} {self.params}", self.max_seconds + 10)
         try:
             with allure.step(f"apply fault {self.kind} on {self.device.name} {self.params}"):
                 self._apply()
@@ -118,8 +132,13 @@ class Fault:
                  tb: TracebackType | None) -> None:
         if self.record is None or self.event.reverted_at:
             return
-        with allure.step(f"revert fault {self.kind} on {self.device.name}"):
-            self.event.reverted_by = self._revert()
+        try:
+            with allure.step(f"revert fault {self.kind} on {self.device.name}"):
+                self.event.reverted_by = self._revert()
+        finally:
+            if self._link is not None:
+                self.device.ssh.end_degraded(self._link)
+                self._link = None
         self.event.reverted_at = _now()
         self.device.forget_facts()  # a clock or a disk fault changed what facts say
         log.info("%s: fault %s reverted (%s)", self.device.name, self.id, self.event.reverted_by)
@@ -136,11 +155,12 @@ class Fault:
         try:
             ledger.revert(self.device, self.record, timeout=10)
             return "ssh"
-        except InfraError:
-            if not self.cuts_network:
-                raise
-        # No way in: the dead-man on the device undoes it when its time is up. Wait for that.
-        deadline = Deadline.after(self.max_seconds + 30)
+        except InfraError as exc:
+            if not self.cuts_network or isinstance(exc, ledger.UndoUnproven):
+                raise  # an undo that ran and failed: the dead-man's own try is no better
+        # No way in: the dead-man on the device undoes it when its time is up. Wait for that (and a margin).
+        due = self._applied_mono + self.max_seconds - time.monotonic()
+        deadline = Deadline.after(max(0.0, due) + DEADMAN_MARGIN)
         while True:
             self.device.ssh.close()
             try:

@@ -67,6 +67,10 @@ class ClockFault(Fault):
         # The step, reversed (NTP on the device may also correct it meanwhile; that is fine).
         return f"date -s @$(( $(date +%s) - {self._seconds} )) >/dev/null"
 
+    def trace(self) -> dict[str, object]:
+        # A stepped system clock leaves nothing to read back; a control file must hold what it held.
+        return {"control": self.control, "content": self.previous} if self.control else {}
+
 
 def clock_step(device: Device, offset_s: float, **kwargs: object) -> ClockFault:
     """Move the device's wall clock by `offset_s` (e.g. +3600, -86400)."""

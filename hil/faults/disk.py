@@ -7,6 +7,7 @@ import shlex
 from hil.device import Device
 from hil.errors import CapabilityMissing
 from hil.faults.base import Fault
+from hil.faults.ledger import FILL_PREFIX
 
 
 class DiskFill(Fault):
@@ -27,7 +28,7 @@ class DiskFill(Fault):
         self.size = 0
 
     def check(self) -> None:
-        self.path = f"{self.device.workdir}/.hil/fill-{self.id}"
+        self.path = f"{self.device.workdir}/.hil/{FILL_PREFIX}{self.id}"
         out = self.device.run(f"mkdir -p {shlex.quote(self.device.workdir)}/.hil && "
                               f"stat -f -c '%a %b %S' {shlex.quote(self.device.workdir)}", timeout=15, check=True)
         available, total, block = (int(x) for x in out.stdout.split())
@@ -47,6 +48,9 @@ class DiskFill(Fault):
 
     def undo_script(self) -> str:
         return f"rm -f {shlex.quote(self.path)}"
+
+    def trace(self) -> dict[str, object]:
+        return {"files": [self.path]}
 
 
 def disk_fill(device: Device, *, percent: float | None = None, leave_bytes: int | None = None,

@@ -1,8 +1,9 @@
 """Network faults, applied on the device itself (iptables, tc), so real and emulated devices are alike.
 
-Only rules tagged with the fault's id are ever added or removed; loopback is never touched. This
-kernel has no netem: loss uses iptables' `statistic` match, a bandwidth cap `tbf` on egress and a
-`hashlimit` drop on ingress.
+Only rules tagged with the fault's id (`hil-fault:<id>`) are ever added or removed; loopback is never
+touched. This kernel has no netem: loss uses iptables' `statistic` match, a bandwidth cap `tbf` on
+egress and a `hashlimit` drop on ingress. Every qdisc hil adds is its interface's root qdisc with
+handle `ledger.QDISC_HANDLE` (7e57:), so it can be found again without the ledger.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import shlex
 from hil.device import Device
 from hil.errors import CapabilityMissing
 from hil.faults.base import DEFAULT_MAX_SECONDS, Fault
+from hil.faults.ledger import QDISC_HANDLE, TAG
 
 IPT = "iptables -w"
 
@@ -34,8 +36,17 @@ def _insert(rules: list[tuple[str, str]]) -> str:
 
 
 def _delete(rules: list[tuple[str, str]]) -> str:
-    # Idempotent: delete every copy, succeed when there is none.
-    return "; ".join(f"while {IPT} -D {chain} {rule} 2>/dev/null; do :; done" for chain, rule in rules) + "; true"
+    """Idempotent: delete every copy, succeed when there is none; a delete that fails while the rule is
+    there fails the whole (its exit status, not a later step's)."""
+    return "; ".join(f"while {IPT} -C {chain} {rule} 2>/dev/null; do {IPT} -D {chain} {rule} || exit $?; done"
+                     for chain, rule in rules)
+
+
+def _del_qdisc(interface: str) -> str:
+    """Remove hil's root qdisc from `interface` if it is there (and only hil's)."""
+    dev = shlex.quote(interface)
+    return (f"if tc qdisc show dev {dev} | grep -q ' {QDISC_HANDLE} '; then "
+            f"tc qdisc del dev {dev} root handle {QDISC_HANDLE} || exit $?; fi")
 
 
 class _IptablesFault(Fault):
@@ -53,6 +64,9 @@ class _IptablesFault(Fault):
     def undo_script(self) -> str:
         return _delete(self._rules())
 
+    def trace(self) -> dict[str, object]:
+        return {"tags": [f"{TAG}{self.id}"]}
+
 
 class NetworkDrop(_IptablesFault):
     """The device unreachable over the network (the serial console still works)."""
@@ -65,6 +79,7 @@ class PacketLoss(_IptablesFault):
     """Random loss of `rate` (0..1) of the packets in each direction."""
 
     kind = "packet_loss"
+    degrades_link = True
     cuts_network = True  # at high rates hil may lose the device: keep the dead-man
 
     def __init__(self, device: Device, rate: float, **kwargs: object) -> None:
@@ -78,6 +93,7 @@ class BandwidthCap(Fault):
     """At most `kbit` kbit/s each way: tbf on egress, a hashlimit drop on ingress."""
 
     kind = "bandwidth_cap"
+    degrades_link = True
     cuts_network = True
 
     def __init__(self, device: Device, kbit: int, **kwargs: object) -> None:
@@ -101,11 +117,14 @@ class BandwidthCap(Fault):
         return [("INPUT", f"-i {self.interface} {match} -m comment --comment hil-fault:{self.id} -j DROP")]
 
     def apply_script(self) -> str:
-        return (f"tc qdisc replace dev {self.interface} root tbf rate {self.kbit}kbit burst 32kbit latency 400ms; "
-                + _insert(self._ingress()))
+        return (f"tc qdisc replace dev {self.interface} root handle {QDISC_HANDLE} tbf rate {self.kbit}kbit "
+                f"burst 32kbit latency 400ms; " + _insert(self._ingress()))
 
     def undo_script(self) -> str:
-        return f"tc qdisc del dev {self.interface} root 2>/dev/null; " + _delete(self._ingress())
+        return f"{_del_qdisc(self.interface)}; " + _delete(self._ingress())
+
+    def trace(self) -> dict[str, object]:
+        return {"tags": [f"{TAG}{self.id}"], "qdisc": self.interface}
 
 
 class Flapping(_IptablesFault):
@@ -129,8 +148,12 @@ class Flapping(_IptablesFault):
         return f"echo $$ > {self._pid_file}; {loop}; rm -f {self._pid_file}"
 
     def undo_script(self) -> str:
-        return (f"[ -r {self._pid_file} ] && kill $(cat {self._pid_file}) 2>/dev/null; "
-                f"rm -f {self._pid_file}; " + _delete(self._rules()))
+        # The loop runs in its own process group (setsid): stop all of it, a half-done iptables too.
+        return (f"if [ -r {self._pid_file} ]; then p=$(cat {self._pid_file}); kill -- -$p 2>/dev/null || "
+                f"kill $p 2>/dev/null; fi; rm -f {self._pid_file} || exit $?; " + _delete(self._rules()))
+
+    def trace(self) -> dict[str, object]:
+        return {"tags": [f"{TAG}{self.id}"], "files": [f"{self.device.workdir}/.hil/{self.id}.pid"]}
 
 
 def network_drop(device: Device, *, max_seconds: float = DEFAULT_MAX_SECONDS, **kwargs: object) -> NetworkDrop:
@@ -159,6 +182,7 @@ class Delay(Fault):
     """Added latency (and jitter) on egress with netem, where the device's kernel has it."""
 
     kind = "delay"
+    degrades_link = True
     cuts_network = True
 
     def __init__(self, device: Device, delay_ms: float, jitter_ms: float = 0.0, **kwargs: object) -> None:
@@ -181,10 +205,14 @@ class Delay(Fault):
 
     def apply_script(self) -> str:
         jitter = f" {self.jitter_ms:g}ms" if self.jitter_ms else ""
-        return f"tc qdisc replace dev {self.interface} root netem delay {self.delay_ms:g}ms{jitter}"
+        return (f"tc qdisc replace dev {self.interface} root handle {QDISC_HANDLE} netem "
+                f"delay {self.delay_ms:g}ms{jitter}")
 
     def undo_script(self) -> str:
-        return f"tc qdisc del dev {self.interface} root 2>/dev/null; true"
+        return _del_qdisc(self.interface)
+
+    def trace(self) -> dict[str, object]:
+        return {"qdisc": self.interface}
 
 
 def delay(device: Device, delay_ms: float, jitter_ms: float = 0.0, **kwargs: object) -> Delay:
