@@ -14,6 +14,8 @@ declare -A NEED=(
   [/usr/sbin/ip]=iproute2
   [/usr/bin/nsenter]=util-linux
   [/usr/bin/sudo]=sudo
+  [/usr/sbin/visudo]=sudo
+  [/usr/sbin/useradd]=passwd   # the non-root login of an emulated device (rpi4-emu)
   [/usr/bin/chromium]=chromium  # only hil's own tests: they look at the HTML report headless
 )
 missing=()
