@@ -79,19 +79,6 @@ def test_without_a_way_to_root_operations_are_skipped_not_half_done(edge: Device
         none.close()
 
 
-def test_smoke_and_deploy_suites_run_against_it(handbuilt: HandBuilt) -> None:
-    devices = handbuilt.directory / "devices-with-trust.toml"
-    trust = f'\n[deploy]\ntrusted_keys = ["{REPO / "fixtures" / "keys" / "demo-ed25519.pub"}"]\n'
-    devices.write_text(handbuilt.devices_toml.read_text() + trust)
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "suites" / "test_smoke.py"),
-         str(REPO / "suites" / "test_deploy.py"), "--hil-devices", str(devices), "--hil-no-lab",
-         "--hil-artifact", str(REPO / "fixtures" / "models" / "digits-mlp")],
-        capture_output=True, text=True, timeout=300, cwd=handbuilt.directory)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout and "skipped" not in result.stdout
-
-
 def test_a_python_without_onnxruntime_is_named_before_tests_spend_time(edge: Device) -> None:
     plain = Device(dataclasses.replace(edge.config, python="/usr/bin/python3"))
     try:
