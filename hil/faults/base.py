@@ -144,6 +144,16 @@ class Fault:
         log.info("%s: fault %s reverted (%s)", self.device.name, self.id, self.event.reverted_by)
 
     def _revert(self) -> str:
+        try:
+            return self.revert_now()
+        except InfraError as exc:
+            if not self.cuts_network or isinstance(exc, ledger.UndoUnproven):
+                raise  # an undo that ran and failed: the dead-man's own try is no better
+        return self._wait_for_deadman()
+
+    def revert_now(self) -> str:
+        """Undo it now, proven, by the preferred way (the console for faults that cut the network, else SSH);
+        returns the way it went. Raises InfraError when no way in worked or the undo is not proven."""
         assert self.record is not None
         if self.cuts_network and self.device.config.serial is not None:
             try:
@@ -152,12 +162,11 @@ class Fault:
                 return "serial"
             except InfraError as exc:
                 log.warning("%s: undo over serial failed (%s); trying SSH", self.device.name, exc)
-        try:
-            ledger.revert(self.device, self.record, timeout=10)
-            return "ssh"
-        except InfraError as exc:
-            if not self.cuts_network or isinstance(exc, ledger.UndoUnproven):
-                raise  # an undo that ran and failed: the dead-man's own try is no better
+        ledger.revert(self.device, self.record, timeout=10)
+        return "ssh"
+
+    def _wait_for_deadman(self) -> str:
+        assert self.record is not None
         # No way in: the dead-man on the device undoes it when its time is up. Wait for that (and a margin).
         due = self._applied_mono + self.max_seconds - time.monotonic()
         deadline = Deadline.after(max(0.0, due) + DEADMAN_MARGIN)
