@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -101,24 +102,35 @@ def cmd_devices_check(args: argparse.Namespace, inventory: Inventory) -> int:
     chosen = inventory.select(args.names)
     if any(d.emulated for d in chosen):
         _lab(inventory).ensure_up([d.name for d in chosen if d.emulated])
-    from hil.faults import pending
+    from hil.faults import pending, sweep
 
     rows = []
     for config in chosen:
         device = Device(config)
         # A console is exclusive: a run holding the device may have it open, so it is not ours to check.
         holder = _holder_or_none(device)
+        cleared: list[str] = []
+        if holder is None:
+            # Nobody holds it: what an earlier run left (in the ledger or only in the kernel) is cleared
+            # first, as a run start does, and said; faults of a live run on this host are spared.
+            try:
+                cleared = [f"cleared a leftover: {r.describe()}" for r in sweep(device)]
+            except HilError as exc:
+                cleared = [f"leftover faults could not be cleared: {exc}"]
         health = device.health(console=holder is None)
-        # Read-only: a run holding the device may have applied them; `hil faults clear` undoes them.
+        # Read-only on a leased device: its holder may have applied them; `hil faults clear` undoes them.
         left = [f"fault {r.kind} left applied (run {r.run_id or '?'}): `hil faults clear {config.name}`"
                 for r in pending(device)] if health.ok else []
+        if any(c.startswith("leftover faults could not") for c in cleared):
+            health = dataclasses.replace(health, ok=False, problems=(*health.problems, *cleared))
+            cleared = []
         device.close()
         facts = health.details.get("facts", {})
         busy = [f"leased by {holder}: serial console not checked"] if holder is not None else []
         # Faults on a leased device may be the holder's test at work: not a reason to call it unhealthy.
         rows.append([config.name, "ok" if health.ok and (not left or holder) else "UNHEALTHY", f"{health.seconds:.2f}s",
                      facts.get("onnxruntime", "-"), facts.get("clock_offset", "-"),
-                     "; ".join([*health.problems, *left, *health.warnings, *busy]) or "-"])
+                     "; ".join([*health.problems, *left, *cleared, *health.warnings, *busy]) or "-"])
     print(_table(rows, ["DEVICE", "HEALTH", "TIME", "ONNXRUNTIME", "CLOCK", "PROBLEMS / WARNINGS"]))
     return 0 if all(r[1] == "ok" for r in rows) else EXIT_INFRA
 
@@ -246,17 +258,23 @@ def cmd_status(args: argparse.Namespace, inventory: Inventory | None) -> int:
 
 
 def cmd_faults(args: argparse.Namespace, inventory: Inventory) -> int:
-    from hil.faults import pending, sweep
+    from hil.faults import pending, sweep, unrecorded
 
     device = _device(inventory, args.name)
-    records = sweep(device, spare_live_runs=False) if args.faults_command == "clear" else pending(device)
+    # Both look at the kernel's state too: a rule, qdisc or fill file of hil's with no ledger entry.
+    records = (sweep(device, spare_live_runs=False) if args.faults_command == "clear"
+               else pending(device) + unrecorded(device))
     device.close()
     verb = "undone" if args.faults_command == "clear" else "applied"
     if not records:
         print(f"{args.name}: no faults {verb}")
     for r in records:
-        print(f"{args.name}: {verb}: {r.id} {r.kind} {json.dumps(r.params)} (applied {r.applied_at}, "
-              f"run {r.run_id or '?'})")
+        if r.extra.get("found"):
+            print(f"{args.name}: {verb}: {r.id} {r.kind} (found in the kernel, no ledger entry: "
+                  f"{'; '.join(r.extra['found'])})")
+        else:
+            print(f"{args.name}: {verb}: {r.id} {r.kind} {json.dumps(r.params)} (applied {r.applied_at}, "
+                  f"run {r.run_id or '?'})")
     return 0
 
 

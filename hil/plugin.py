@@ -187,7 +187,7 @@ class HilSession:
         except HilError as exc:
             self._out(name, str(exc), device)
         if left:
-            self.swept[name] = [f"{r.kind} {r.params} (applied {r.applied_at}, run {r.run_id or '?'})" for r in left]
+            self.swept[name] = [r.describe() for r in left]  # from the ledger, and found in the kernel
         if not health.ok:
             self._out(name, "; ".join(health.problems), device)
         for warning in health.warnings:

@@ -46,6 +46,9 @@ FILL_PREFIX = "fill-"  # <workdir>/.hil/fill-<fault id>
 # (the shell reading the state) does not hold TAG.
 _TAG_PATTERN = "hil-faul[t]:"
 _FAULT_ID = re.compile(r"hil-fault:([A-Za-z0-9_]+-[0-9a-f]+)")
+# A dead-man (see arm_deadman) as its command line reads, and one that does not match itself.
+_DEADMAN = re.compile(r"sleep [0-9.e+]+; sh \S*/\.hil/faults/([A-Za-z0-9_]+-[0-9a-f]+)\.undo\.sh")
+_DEADMAN_PATTERN = "sleep [0-9.e+]+; s[h] [^ ]*/[.]hil/faults/"
 
 Runner = Callable[..., Result]  # Device.run or Device.console: (command, *, timeout, root) -> Result
 
@@ -154,6 +157,7 @@ class KernelState:
     qdiscs: tuple[tuple[str, str], ...] = ()  # (interface, `tc qdisc show` line) with QDISC_HANDLE
     files: tuple[str, ...] = ()  # names in <workdir>/.hil
     processes: tuple[tuple[int, str], ...] = ()  # (pid, command line) carrying TAG
+    deadmen: tuple[tuple[int, str], ...] = ()  # (pid, fault id) of dead-man timers waiting
     controls: dict[str, str] = field(default_factory=dict)  # control file -> content
     network_read: bool = False  # rules and qdiscs were read (needs root)
 
@@ -177,7 +181,7 @@ def _state_script(hil_dir: str, network: bool, controls: list[str]) -> str:
     lines += [
         "echo @@files", f"ls -1a {shlex.quote(hil_dir)} 2>/dev/null",
         "echo @@processes",
-        f"for f in $(grep -ls '{_TAG_PATTERN}' /proc/[0-9]*/cmdline); do p=${{f#/proc/}}; "
+        f"for f in $(grep -lEs -e '{_TAG_PATTERN}' -e '{_DEADMAN_PATTERN}' /proc/[0-9]*/cmdline); do p=${{f#/proc/}}; "
         "echo \"${p%/cmdline} $(tr '\\0' ' ' < $f)\"; done 2>/dev/null",
     ]
     for path in controls:
@@ -216,16 +220,21 @@ def kernel_state(device: Device, run: Runner, *, network: bool = True, root: boo
     for line in sections.get("qdiscs", []):
         match = re.search(r" dev (\S+)", line)
         qdiscs.append((match.group(1) if match else "?", line.strip()))
-    processes = []
+    processes, deadmen = [], []
     for line in sections.get("processes", []):
         pid, _, cmd = line.partition(" ")
-        if pid.isdigit():
+        if not pid.isdigit():
+            continue
+        if TAG in cmd:
             processes.append((int(pid), cmd.strip()))
+        elif match := _DEADMAN.search(cmd):
+            deadmen.append((int(pid), match.group(1)))
     return KernelState(
         rules=tuple(line.strip() for line in sections.get("rules", []) if TAG in line),
         qdiscs=tuple(qdiscs),
         files=tuple(name for name in sections.get("files", []) if name not in (".", "..")),
         processes=tuple(processes),
+        deadmen=tuple(deadmen),
         controls={path: "\n".join(text).strip() for path, text in controls_read.items()},
         network_read=network,
     )
@@ -343,8 +352,10 @@ def _qdisc_devs(records: list[FaultRecord]) -> set[str]:
             if r.trace.get("qdisc") or r.kind in ("bandwidth_cap", "delay")}
 
 
-def _clear_from_kernel(device: Device, state: KernelState, live: list[FaultRecord]) -> list[FaultRecord]:
-    """Remove every hil trace in `state` that no live run's fault accounts for; returns what was found."""
+def _clear_from_kernel(device: Device, state: KernelState, live: list[FaultRecord],
+                       ledger_ids: set[str]) -> list[FaultRecord]:
+    """Remove every hil trace in `state` that no live run's fault accounts for; returns what was found.
+    Dead-men of faults in the ledger are left to the ledger (its undo stops them once proven)."""
     live_ids = {r.id for r in live}
     live_qdisc_devs = _qdisc_devs(live)
     found: dict[str, list[str]] = {}
@@ -354,6 +365,10 @@ def _clear_from_kernel(device: Device, state: KernelState, live: list[FaultRecor
         if ids and not ids & live_ids:
             found.setdefault(sorted(ids)[0], []).append(f"process {pid} {cmd[:120]!r}")
             commands.append(f"kill -- -{pid} 2>/dev/null; kill {pid} 2>/dev/null")
+    for pid, fault_id in state.deadmen:
+        if fault_id not in live_ids | ledger_ids:
+            found.setdefault(fault_id, []).append(f"dead-man timer {pid} with no ledger entry")
+            commands.append(f"kill -- -{pid} 2>/dev/null || kill {pid} 2>/dev/null")
     for line in state.rules:
         ids = {m.group(1) for m in _FAULT_ID.finditer(line)}
         if ids & live_ids or not line.startswith("-A "):
@@ -373,6 +388,33 @@ def _clear_from_kernel(device: Device, state: KernelState, live: list[FaultRecor
         # Each step on its own: one that fails must not stop the others; the read-back after decides.
         script = "PATH=$PATH:/usr/sbin:/sbin\n" + "\n".join(commands) + "\ntrue"
         device.run(script, timeout=SWEEP_TIMEOUT, root=True)
+    return [FaultRecord(fault_id, _kind_of(fault_id) if fault_id.count("-") else "qdisc", {}, "", None,
+                        extra={"found": what}) for fault_id, what in found.items()]
+
+
+def unrecorded(device: Device) -> list[FaultRecord]:
+    """Read-only: hil's traces in the device's state that no ledger entry accounts for (a lost ledger, or
+    a run that died between an undo and its entry's removal). [] where reading them needs a root hil lacks."""
+    ok, why = device.can_become_root()
+    if not ok:
+        log.info("%s: not looking for hil's iptables rules and qdiscs: that needs root, and %s", device.name, why)
+        return []
+    state = kernel_state(device, device.run, network=True, root=True)
+    records = pending(device)
+    ids = {r.id for r in records}
+    found: dict[str, list[str]] = {}
+    for line in state.rules:
+        for fault_id in {m.group(1) for m in _FAULT_ID.finditer(line)} - ids:
+            found.setdefault(fault_id, []).append(f"iptables rule {line!r}")
+    for pid, cmd in state.processes:
+        for fault_id in {m.group(1) for m in _FAULT_ID.finditer(cmd)} - ids:
+            found.setdefault(fault_id, []).append(f"process {pid} {cmd[:120]!r}")
+    for dev, line in state.qdiscs:
+        if dev not in _qdisc_devs(records):
+            found.setdefault(f"qdisc-{dev}", []).append(f"qdisc {line!r}")
+    for name in state.files:
+        if name.startswith(FILL_PREFIX) and name.removeprefix(FILL_PREFIX) not in ids:
+            found.setdefault(name.removeprefix(FILL_PREFIX), []).append(f"fill file {device.workdir}/.hil/{name}")
     return [FaultRecord(fault_id, _kind_of(fault_id) if fault_id.count("-") else "qdisc", {}, "", None,
                         extra={"found": what}) for fault_id, what in found.items()]
 
@@ -417,7 +459,7 @@ def sweep(device: Device, *, spare_live_runs: bool = True) -> list[FaultRecord]:
         # Read again: the ledger's undo scripts have run. What is left, no live run accounts for.
         state = kernel_state(device, device.run, network=True, root=True)
         ledger_ids = {r.id for r in left}
-        found = [f for f in _clear_from_kernel(device, state, live) if f.id not in ledger_ids]
+        found = [f for f in _clear_from_kernel(device, state, live, {r.id for r in records}) if f.id not in ledger_ids]
         for rec in found:
             log.warning("%s: cleared %s", device.name, rec.describe())
         after = kernel_state(device, device.run, network=True, root=True)
