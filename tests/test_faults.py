@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 import textwrap
@@ -224,3 +225,94 @@ def test_delay_needs_netem_and_says_so_where_there_is_none(device_a: Device) -> 
     with pytest.raises(CapabilityMissing, match="no netem qdisc"), faults.delay(device_a, 50, 10):
         pass
     _clean(device_a)
+
+
+# -- an undo is proven, not assumed -------------------------------------------------------------
+
+
+def _fake_undo(device: Device, rec: faults.FaultRecord, undo: str) -> None:
+    """Replace a fault's undo with `undo` (the read-back check after it stays), as a broken undo would be."""
+    from hil.faults.ledger import _paths, undo_file
+
+    _, script = _paths(device, rec.id)
+    device.run(f"cat > {script}", stdin=undo_file(rec, undo).encode(), timeout=15, check=True)
+
+
+def test_an_undo_that_leaves_the_fault_is_a_failure_and_keeps_the_entry(device_a: Device) -> None:
+    from hil.faults.ledger import UndoUnproven
+
+    fault = faults.packet_loss(device_a, 0.01, max_seconds=60)
+    fault.__enter__()
+    assert fault.record is not None
+    _fake_undo(device_a, fault.record, "true")  # "succeeds", removes nothing (as `...; rm -f` did)
+    with pytest.raises(UndoUnproven, match="still there after its undo"):
+        faults.ledger.revert(device_a, fault.record)
+    assert [r.id for r in faults.pending(device_a)] == [fault.id]  # not forgotten: the dead-man may still try
+    assert f"hil-fault:{fault.id}" in _device_rules(device_a)
+    _fake_undo(device_a, fault.record, "exit 7")  # an undo step that fails: its own status counts
+    with pytest.raises(UndoUnproven, match=r"failed \(exit 7\)"):
+        faults.ledger.revert(device_a, fault.record)
+    # The next run start clears it from the kernel's state and only then forgets it.
+    assert [r.id for r in faults.sweep(device_a)] == [fault.id]
+    _clean(device_a)
+    assert device_a.run("pgrep -f 'faults/packet_los[s]' || true", timeout=15).stdout == ""  # its dead-man stopped
+
+
+def test_the_dead_man_forgets_a_fault_only_when_it_is_gone(device_a: Device) -> None:
+    kept = faults.packet_loss(device_a, 0.01, max_seconds=1.5)
+    kept.__enter__()
+    assert kept.record is not None
+    _fake_undo(device_a, kept.record, "true")
+    gone = faults.bandwidth_cap(device_a, 4000, max_seconds=1.5)
+    gone.__enter__()
+    time.sleep(4)  # both dead-men fired
+    assert [r.id for r in faults.pending(device_a)] == [kept.id]  # its undo did not work: still in the ledger
+    assert f"hil-fault:{gone.id}" not in _device_rules(device_a) and "7e57:" not in _device_rules(device_a)
+    faults.sweep(device_a)
+    _clean(device_a)
+
+
+def test_hils_qdisc_carries_its_handle(device_a: Device) -> None:
+    with faults.bandwidth_cap(device_a, 4000, max_seconds=60):
+        assert re.search(r"qdisc tbf 7e57: dev \S+ root", device_a.run("tc qdisc show", timeout=15, root=True).stdout)
+    _clean(device_a)
+
+
+def test_the_console_becomes_root_with_a_password_sudo_and_never_shows_it(device_b: Device) -> None:
+    password = device_b.config.become.password
+    assert password is not None and device_b.login()[0] != 0  # the profile this is about
+    assert device_b.console("id -u", timeout=20).stdout.strip() != "0"
+    assert device_b.console("id -u", timeout=20, root=True).stdout.strip() == "0"
+    assert device_b.console("exit 3", timeout=20, root=True).exit_status == 3  # the command's own status
+    secret = password.reveal()
+    import base64
+
+    shown = device_b.serial.console_log.decode(errors="replace")
+    assert secret not in shown and base64.b64encode(secret.encode()).decode()[:8] not in shown
+    askpass = device_b.run(f"cat {device_b.workdir}/.hil-askpass", timeout=15).stdout
+    assert secret not in askpass
+
+
+def test_a_non_root_device_undoes_a_network_drop_over_its_console_with_sudo(device_b: Device) -> None:
+    with faults.network_drop(device_b, max_seconds=60) as fault, pytest.raises(InfraError):
+        device_b.run("true", timeout=1)
+    assert fault.event.reverted_by == "serial"
+    assert fault.record is not None and fault.record.root  # the privilege of its apply, recorded
+    assert device_b.run("hostname", timeout=15).stdout == "emu-b\n"
+    _clean(device_b)
+
+
+def test_devices_check_clears_and_reports_a_leftover_found_only_in_the_kernel(lab: EmulatedLab,
+                                                                              device_a: Device) -> None:
+    _killed_while_applied(lab, "faults.packet_loss(device, 0.01, max_seconds=60)")
+    [left] = faults.pending(device_a)
+    device_a.run(f"rm -rf {device_a.workdir}/.hil/faults", timeout=15, check=True)  # the ledger lost
+    listed = subprocess.run([sys.executable, "-m", "hil.cli", "--devices", str(lab.inventory.path), "faults",
+                             "list", "emu-a"], capture_output=True, text=True, timeout=60)
+    assert f"{left.id} packet_loss (found in the kernel, no ledger entry" in listed.stdout, listed
+    checked = subprocess.run([sys.executable, "-m", "hil.cli", "--devices", str(lab.inventory.path), "devices",
+                              "check", "emu-a"], capture_output=True, text=True, timeout=120)
+    assert f"cleared a leftover: packet_loss {left.id}: found in the kernel" in checked.stdout, checked
+    assert checked.returncode == 0, checked
+    _clean(device_a)
+    assert device_a.run("pgrep -f 'faults/packet_los[s]' || true", timeout=15).stdout == ""  # its dead-man too
