@@ -17,7 +17,7 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,35 @@ _SERVER_BOOT = ("import sys, base64; "
 # How long past a command's own timeout we wait for the device to report the kill.
 ANSWER_GRACE = 2.0
 SERVER_START_TIMEOUT = 10.0
+# While a fault degrades the link (loss, a bandwidth cap, delay), each step of opening a session (TCP connect,
+# banner, key exchange, authentication, channel open, command server start) may take this long: under 20%
+# loss each way TCP's retransmission back-off alone stretches a round trip to seconds.
+DEGRADED_CONNECT_TIMEOUT = 10.0
+DEGRADED_HANDSHAKE_TIMEOUT = 30.0
+DEGRADED_ANSWER_GRACE = 15.0
+
+
+@dataclass(frozen=True)
+class DegradedLink:
+    """A fault that makes the link to a device lossy or slow (not cut) until `deadline`.
+
+    While one is active (SshTransport.degraded), sessions open with timeouts sized for the fault and a
+    dropped session is retried until the fault's deadline instead of the normal reconnect_timeout.
+    """
+
+    reason: str
+    deadline: Deadline
+
+
+def _transport_factory(handshake_timeout: float) -> Any:
+    """paramiko's Transport with its key-exchange timeout set (SSHClient.connect has no argument for it)."""
+
+    def make(sock: Any, **kwargs: Any) -> paramiko.Transport:
+        transport = paramiko.Transport(sock, **kwargs)
+        transport.handshake_timeout = handshake_timeout
+        return transport
+
+    return make
 
 
 def open_socket(host: str, port: int, timeout: float, interface: str | None) -> socket.socket:
@@ -178,6 +207,8 @@ class SshTransport:
         self._lock = threading.RLock()
         self._ever_connected = False
         self.connects = 0  # how many sessions were opened: 1 unless the link dropped
+        self._degraded: list[DegradedLink] = []  # faults that make the link lossy or slow now
+        self._degraded_lock = threading.Lock()  # not self._lock: a fault's exit must not wait for a reconnect
 
     # -- connection -------------------------------------------------------------------------
 
@@ -194,7 +225,8 @@ class SshTransport:
     def connect(self, within: float | None = None) -> None:
         """Open the session now (it is also opened on first use, and reopened after a drop).
 
-        After a drop, reconnecting is retried for `reconnect_timeout`, or `within` seconds if less.
+        After a drop, reconnecting is retried for `reconnect_timeout`, or `within` seconds if less; while a
+        fault degrades the link (begin_degraded), until that fault's deadline instead.
         """
         with self._lock:
             if self._alive():
@@ -204,21 +236,76 @@ class SshTransport:
                 self._open()  # first contact: fail fast, a dead device must not stall the run
                 return
             # It worked before: the device may be rebooting or the link flapping; retry a while.
-            window = self.config.reconnect_timeout if within is None else min(within, self.config.reconnect_timeout)
+            link = self._degraded_link()
+            if link is not None:
+                # A fault said the link is bad until its deadline: retry until then, whatever the caller's
+                # own timeout (the fault, its undo included, needs the device back).
+                window = link.deadline.remaining() or 0.0
+                why = f" (link degraded by {link.reason})"
+            else:
+                window = self.config.reconnect_timeout if within is None else \
+                    min(within, self.config.reconnect_timeout)
+                why = ""
             deadline = Deadline.after(window)
             delay = 0.1
+            attempts = 0
             while True:
+                attempts += 1
                 try:
                     self._open()
-                    log.info("device %s: reconnected", self.device)
+                    log.info("device %s: reconnected after %.1f s, %d attempt(s)%s", self.device,
+                             deadline.elapsed(), attempts, why)
                     return
                 except (HostKeyError, AuthError):
                     raise
                 except ConnectError as exc:
                     if deadline.expired:
-                        raise ConnectError(f"{exc} (gave up reconnecting after {window:g} s)") from None
+                        raise ConnectError(f"{exc} (gave up reconnecting after {deadline.elapsed():.1f} s, "
+                                           f"{attempts} attempt(s){why})") from None
                     deadline.sleep(delay)
                     delay = min(delay * 2, 2.0)
+
+    # -- degraded links ---------------------------------------------------------------------
+
+    def begin_degraded(self, reason: str, seconds: float) -> DegradedLink:
+        """A fault degrades the link for at most `seconds` from now (call end_degraded when it is undone)."""
+        link = DegradedLink(reason, Deadline.after(seconds))
+        with self._degraded_lock:
+            self._degraded.append(link)
+        log.info("device %s: link degraded by %s for up to %g s", self.device, reason, seconds)
+        return link
+
+    def end_degraded(self, link: DegradedLink) -> None:
+        with self._degraded_lock:
+            if link in self._degraded:
+                self._degraded.remove(link)
+
+    @contextlib.contextmanager
+    def degraded(self, reason: str, seconds: float) -> Iterator[DegradedLink]:
+        """`with ssh.degraded("packet_loss 20%", 180): ...` (begin_degraded / end_degraded as a block)."""
+        link = self.begin_degraded(reason, seconds)
+        try:
+            yield link
+        finally:
+            self.end_degraded(link)
+
+    @property
+    def degradation(self) -> DegradedLink | None:
+        """The fault degrading the link now, if any (see begin_degraded)."""
+        return self._degraded_link()
+
+    def _degraded_link(self) -> DegradedLink | None:
+        """The active degradation that lasts longest (several faults may overlap), or None."""
+        with self._degraded_lock:
+            live = [link for link in self._degraded if not link.deadline.expired]
+        return max(live, key=lambda link: link.deadline.remaining() or 0.0, default=None)
+
+    def _timeouts(self) -> tuple[float, float]:
+        """(TCP connect, each later step of opening a session): normal, or sized for a degraded link."""
+        t = self.config.connect_timeout
+        if self._degraded_link() is None:
+            return t, t
+        return max(t, DEGRADED_CONNECT_TIMEOUT), max(t, DEGRADED_HANDSHAKE_TIMEOUT)
 
     def _open(self) -> None:
         try:
@@ -246,9 +333,9 @@ class SshTransport:
 
     def _dial(self, endpoint: Endpoint, jumps: list[paramiko.SSHClient]) -> socket.socket | paramiko.Channel:
         """A byte stream to the endpoint's sshd: a TCP socket, or a tunnel through the jump host(s)."""
-        t = self.config.connect_timeout
+        tcp, t = self._timeouts()
         if endpoint.jump is None:
-            return open_socket(endpoint.hostname, endpoint.port, t, endpoint.bind_interface)
+            return open_socket(endpoint.hostname, endpoint.port, tcp, endpoint.bind_interface)
         bastion = self._connect(endpoint.jump, jumps, password=None, role="jump host")
         jumps.append(bastion)
         transport = bastion.get_transport()
@@ -279,17 +366,21 @@ class SshTransport:
         else:
             log.warning("%s: host key checking is OFF (strict_host_key_checking = false)", where)
             client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        t = self.config.connect_timeout
+        t = self._timeouts()[1]
         host_entry = endpoint.hostname if endpoint.port == 22 else f"[{endpoint.hostname}]:{endpoint.port}"
+        started = Deadline.after(None)
         try:
             sock = self._dial(endpoint, jumps)
             # Keys from devices.toml or IdentityFile, then the ssh-agent, then ~/.ssh/id_*, then a password.
+            # `timeout` bounds the key exchange here (the socket is already connected); paramiko's own
+            # handshake_timeout (15 s) is set to the same through the transport.
             client.connect(
                 endpoint.hostname, port=endpoint.port, username=endpoint.user, sock=sock,
                 key_filename=[str(k) for k in endpoint.key_files] or None,
                 password=password.reveal() if password else None,
                 look_for_keys=not endpoint.key_files, allow_agent=True,
                 timeout=t, banner_timeout=t, auth_timeout=t, channel_timeout=t,
+                transport_factory=_transport_factory(t),
             )
         except paramiko.BadHostKeyException as exc:
             client.close()
@@ -300,6 +391,10 @@ class SshTransport:
                 f"`ssh-keygen -R '{host_entry}' -f {endpoint.known_hosts[0]}` and pin the new one") from None
         except paramiko.AuthenticationException as exc:
             client.close()
+            if "timeout" in str(exc).lower():
+                # Not a refusal: the device did not finish authenticating in time (a lossy or slow link).
+                raise ConnectError(f"{where}: authentication did not complete within {started.elapsed():.1f} s "
+                                   f"(allowed {t:g} s; slow or lossy link?)") from None
             raise AuthError(f"{where}: authentication refused ({exc}); check the user, the key (ssh.key or "
                             "IdentityFile) or the ssh-agent, or ssh.password") from None
         except paramiko.SSHException as exc:
@@ -312,7 +407,8 @@ class SshTransport:
             raise ConnectError(f"{where}: SSH handshake failed: {exc}") from None
         except TimeoutError:
             client.close()
-            raise ConnectError(f"{where}: no answer within {t:g} s (device off, cable out, wrong address?)") from None
+            raise ConnectError(f"{where}: no answer within {started.elapsed():.1f} s "
+                               "(device off, cable out, wrong address?)") from None
         except OSError as exc:
             client.close()
             raise ConnectError(f"{where}: cannot connect: {exc.strerror or exc}") from None
@@ -327,7 +423,7 @@ class SshTransport:
             transport = self._client.get_transport()
             assert transport is not None
             try:
-                channel = transport.open_session(timeout=self.config.connect_timeout)
+                channel = transport.open_session(timeout=self._timeouts()[1])
                 channel.exec_command(command)
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 raise ConnectionLost(f"device '{self.device}': cannot open a channel: {exc}") from None
@@ -335,7 +431,7 @@ class SshTransport:
 
     def _start_server(self, transport: paramiko.Transport) -> _CommandChannel:
         try:
-            channel = transport.open_session(timeout=self.config.connect_timeout)
+            channel = transport.open_session(timeout=self._timeouts()[1])
             # The server itself runs without the session's LD_PRELOAD; it hands it on to each command.
             # Its source arrives as the first line of stdin, so `ps` on the device shows a short command.
             channel.exec_command(f'HIL_SESSION_LD_PRELOAD="${{LD_PRELOAD-}}" LD_PRELOAD= exec '
@@ -345,7 +441,7 @@ class SshTransport:
             raise ConnectError(f"device '{self.device}': cannot open a command channel: {exc}") from None
         commands = _CommandChannel(channel, self.device)
         try:
-            commands.request({"op": "ping"}, SERVER_START_TIMEOUT)
+            commands.request({"op": "ping"}, max(SERVER_START_TIMEOUT, self._timeouts()[1]))
         except (TimeoutError, TransportError):
             err = b""
             with contextlib.suppress(Exception):
@@ -392,13 +488,15 @@ class SshTransport:
         commands = self._channel(within=timeout)
         request = {"op": "run", "cmd": command, "env": dict(env or {}), "cwd": cwd, "timeout": timeout,
                    "stdin": base64.b64encode(stdin).decode() if stdin is not None else None}
+        grace = ANSWER_GRACE if self._degraded_link() is None else DEGRADED_ANSWER_GRACE
+        sent = Deadline.after(None)
         try:
-            answer = commands.request(request, timeout + ANSWER_GRACE)
+            answer = commands.request(request, timeout + grace)
         except TimeoutError:
             # The device did not even report the kill: the path to it is dead, start afresh next time.
             self.close()
             raise ConnectionLost(f"device '{self.device}': no answer to {command!r} within "
-                                 f"{timeout + ANSWER_GRACE:g} s; connection dropped") from None
+                                 f"{sent.elapsed():.1f} s; connection dropped") from None
         except ConnectionLost:
             self.close()
             raise
