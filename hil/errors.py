@@ -99,3 +99,8 @@ class PrivilegeUnavailable(CapabilityMissing):
 
 class DeviceBusy(InfraError):
     """The device is leased by another run and did not become free in time."""
+
+
+class LeaseUnavailable(InfraError):
+    """The lease lock cannot be created on the device at all (its directory or file cannot be made or opened):
+    not busy, so waiting would not help; the message names the path, the login user and the errno."""

@@ -10,6 +10,8 @@ that run already holds, instead of waiting for it: the holder stays responsible 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import getpass
 import json
 import logging
@@ -17,7 +19,6 @@ import os
 import random
 import shlex
 import socket
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,11 +27,15 @@ import paramiko
 
 from hil.deadline import Deadline
 from hil.device import Device
-from hil.errors import DeviceBusy, TransportError
+from hil.errors import DeviceBusy, LeaseUnavailable, TransportError
 
 log = logging.getLogger(__name__)
 
 GRANTED = "HIL-LEASE-GRANTED"
+FAILED = "HIL-LEASE-FAILED"  # then the exit status and the login user: the lock could not be made or taken
+BUSY_STATUS = 99  # flock's exit status when the lock stayed held until its timeout (flock -E)
+# errno names by their strerror text, to name the errno of a failed mkdir or open on the device.
+_ERRNO_BY_TEXT = {os.strerror(n): (n, name) for n, name in errno.errorcode.items()}
 SHARED_RUN_ENV = "HIL_LEASE_RUN_ID"  # join a lease this run id holds (see the module doc)
 
 
@@ -69,19 +74,20 @@ class Lease:
         lock, info = _paths(self.device)
         record = shlex.quote(json.dumps(self.info.__dict__))
         hold = f"printf '%s\\n' {record} > {shlex.quote(info)}; echo {GRANTED}; exec cat > /dev/null"
-        command = (f"mkdir -p {shlex.quote(lock.rsplit('/', 1)[0])} && exec flock -x -w {self.timeout:g} "
-                   f"{shlex.quote(lock)} sh -c {shlex.quote(hold)}")
-        started = time.monotonic()
+        # Not `exec flock`: when mkdir or flock fails, the shell says so with the status and the login user.
+        # flock exits BUSY_STATUS only when the lock stayed held for the whole wait; any other failure (it
+        # cannot create or open the file) exits at once with its own message.
+        command = (f"mkdir -p {shlex.quote(lock.rsplit('/', 1)[0])} && flock -E {BUSY_STATUS} -x -w "
+                   f"{self.timeout:g} {shlex.quote(lock)} sh -c {shlex.quote(hold)} || "
+                   f"{{ rc=$?; echo \"{FAILED} $rc $(id -un)\" >&2; exit $rc; }}")
+        waited = Deadline.after(None)
         channel = self.device.ssh.open_session_channel(command)
         output = b""
         deadline = Deadline.after(self.timeout + self.device.config.ssh.connect_timeout + 5)
         channel.settimeout(0.2)
         while GRANTED.encode() not in output:
             if channel.exit_status_ready() or deadline.expired:
-                channel.close()
-                holder = holder_of(self.device)
-                raise DeviceBusy(f"device '{self.device.name}' is leased by {holder or 'another run'}; still busy "
-                                 f"after {self.timeout:g} s (--hil-lease-timeout)")
+                self._refused(channel, lock, waited)  # raises
             try:
                 chunk = channel.recv(4096)
             except TimeoutError:
@@ -90,9 +96,31 @@ class Lease:
                 raise TransportError(f"device '{self.device.name}': lease channel failed: {exc}") from None
             output += chunk
         self.channel = channel
-        self.waited = time.monotonic() - started
+        self.waited = waited.elapsed()
         log.info("%s: leased to %s after %.1f s", self.device.name, self.info, self.waited)
         return self
+
+    def _refused(self, channel: paramiko.Channel, lock: str, waited: Deadline) -> None:
+        """The holder ended (or never answered) without the lock: busy, or the lock cannot be made at all."""
+        status = channel.recv_exit_status() if channel.exit_status_ready() else None
+        stderr = b""
+        with contextlib.suppress(Exception):
+            while channel.recv_stderr_ready():
+                stderr += channel.recv_stderr(4096)
+        channel.close()
+        text = stderr.decode(errors="replace")
+        if status is not None and status != BUSY_STATUS:
+            lines = [line for line in text.splitlines() if line.strip()]
+            marker = next((line.split() for line in lines if line.startswith(FAILED)), [])
+            user = marker[2] if len(marker) > 2 else (self.device.config.ssh.user or "?")
+            said = "; ".join(line.strip() for line in lines if not line.startswith(FAILED)) or f"exit {status}"
+            raise LeaseUnavailable(f"device '{self.device.name}': cannot create or open the lease lock {lock} as user "
+                                   f"'{user}': {_errno_of(said)}{said}. Make {self.device.workdir} writable by "
+                                   f"'{user}' on the device, or set `workdir` in devices.toml to a directory "
+                                   "it owns")
+        holder = holder_of(self.device)
+        raise DeviceBusy(f"device '{self.device.name}' is leased by {holder or 'another run'}; still busy after "
+                         f"{waited.elapsed():.1f} s (--hil-lease-timeout {self.timeout:g} s)")
 
     @property
     def alive(self) -> bool:
@@ -111,6 +139,14 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _errno_of(message: str) -> str:
+    """'[Errno 13] EACCES: ' for a message that ends in a strerror text ('... Permission denied'), else ''."""
+    for text, (number, name) in _ERRNO_BY_TEXT.items():
+        if message.rstrip().endswith(text):
+            return f"[Errno {number}] {name}: "
+    return ""
 
 
 def holder_of(device: Device) -> LeaseInfo | None:
@@ -153,6 +189,6 @@ def lease_together(devices: Sequence[Device], run_id: str, timeout: float, *, at
             lease.release()
         if deadline.expired:
             names = ", ".join(d.name for d in ordered)
-            raise DeviceBusy(f"devices {names} could not be leased together within {timeout:g} s "
-                             f"(--hil-lease-timeout); last: {busy}")
+            raise DeviceBusy(f"devices {names} could not be leased together: still busy after "
+                             f"{deadline.elapsed():.1f} s (--hil-lease-timeout {timeout:g} s); last: {busy}")
         deadline.sleep(random.uniform(0.2, 1.5))

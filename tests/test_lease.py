@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import re
 import signal
 import subprocess
 import sys
@@ -12,10 +14,12 @@ from pathlib import Path
 import pytest
 
 from hil.cli import main as cli_main
+from hil.config import load_inventory
 from hil.device import Device
-from hil.errors import DeviceBusy
+from hil.errors import DeviceBusy, InfraError, LeaseUnavailable
 from hil.lab import EmulatedLab
-from hil.lease import Lease, holder_of
+from hil.lease import Lease, holder_of, lease_together
+from tests.handbuilt import HandBuilt
 
 pytestmark = pytest.mark.usefixtures("lab")
 
@@ -134,3 +138,61 @@ def test_devices_check_leaves_a_leased_devices_console_alone(lab: EmulatedLab,
     out = capsys.readouterr().out
     assert "leased by" in out and "run someone-else" in out and "serial console not checked" in out
     assert "port busy" not in out
+
+
+def _waited(message: str) -> float:
+    found = re.search(r"after (\d+\.\d) s", message)
+    assert found, message
+    return float(found.group(1))
+
+
+def test_busy_says_the_time_really_waited(lab: EmulatedLab) -> None:
+    first, second = (Device(lab.inventory.get("emu-a")) for _ in range(2))
+    try:
+        with Lease(first, "run-1", timeout=5):
+            started = time.monotonic()
+            with pytest.raises(DeviceBusy, match=r"leased by .*run-1.*still busy after") as info:
+                Lease(second, "run-2", timeout=1.5).acquire()
+            waited = time.monotonic() - started
+            assert 1.4 <= _waited(str(info.value)) <= waited + 0.05
+            assert "--hil-lease-timeout 1.5 s" in str(info.value)
+            with pytest.raises(DeviceBusy, match="could not be leased together") as together:
+                lease_together([second], "run-2", timeout=1.0)
+            assert 1.0 <= _waited(str(together.value)) < 4.0
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_lease_lock_that_cannot_be_made_says_so_at_once(lab: EmulatedLab) -> None:
+    # /proc takes no new directory, not even from root: mkdir fails, nobody holds anything.
+    config = dataclasses.replace(lab.inventory.get("emu-a"), workdir="/proc/hil-no-such-dir")
+    device = Device(config)
+    try:
+        started = time.monotonic()
+        with pytest.raises(LeaseUnavailable) as info:
+            Lease(device, "run-1", timeout=60).acquire()
+        assert time.monotonic() - started < 5  # at once, not after the 60 s a busy lock would get
+        message = str(info.value)
+        assert "/proc/hil-no-such-dir/.hil/lease.lock" in message and "as user 'root'" in message
+        assert re.search(r"\[Errno \d+\] E[A-Z]+: mkdir", message), message
+        assert "busy" not in message and not isinstance(info.value, DeviceBusy)
+        assert isinstance(info.value, InfraError)
+    finally:
+        device.close()
+
+
+def test_a_non_root_user_who_cannot_write_the_workdir_is_told_so(handbuilt: HandBuilt) -> None:
+    config = dataclasses.replace(load_inventory(handbuilt.devices_toml).get("edge-01"), workdir="/root/hil")
+    device = Device(config)
+    try:
+        started = time.monotonic()
+        with pytest.raises(LeaseUnavailable) as info:
+            Lease(device, "run-1", timeout=300).acquire()
+        assert time.monotonic() - started < 10
+        message = str(info.value)
+        assert "/root/hil/.hil/lease.lock" in message and f"as user '{handbuilt.user}'" in message
+        assert "[Errno 13] EACCES" in message and "Permission denied" in message, message
+        assert f"writable by '{handbuilt.user}'" in message
+    finally:
+        device.close()
