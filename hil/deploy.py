@@ -213,8 +213,9 @@ def _upload(device: Device, artifact: Artifact, staged: str, deadline: Deadline,
         except TransportError as exc:
             sent_total += max(0, reached[0] - have)
             if deadline.expired:
-                raise DeployError(f"device '{device.name}': upload of {artifact.label} did not complete within "
-                                  f"{deadline.seconds:g} s after {attempts} attempts: {exc}") from None
+                raise DeployError(f"device '{device.name}': upload of {artifact.label} did not complete after "
+                                  f"{deadline.elapsed():.1f} s and {attempts} attempts "
+                                  f"(timeout {deadline.seconds:g} s): {exc}") from None
             log.warning("%s: upload interrupted (%s); resuming in %.1f s", device.name, exc, delay)
             deadline.sleep(delay)
             delay = min(delay * 2, 5.0)

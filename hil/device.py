@@ -392,8 +392,8 @@ class Device:
                 return RebootResult(self.name, seconds, went_down)
             deadline.sleep(0.3)
         state = "did not come back" if went_down is not None else "never went down"
-        raise InfraError(f"device '{self.name}': reboot with {self.config.reboot_command!r} {state} within "
-                         f"{deadline.seconds:g} s (reboot_timeout in devices.toml)")
+        raise InfraError(f"device '{self.name}': reboot with {self.config.reboot_command!r} {state} after "
+                         f"{deadline.elapsed():.1f} s (reboot_timeout {deadline.seconds:g} s in devices.toml)")
 
     def close_console(self) -> None:
         """Let go of the serial console (only one process can have it open); it reopens on next use."""

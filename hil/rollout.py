@@ -309,7 +309,8 @@ def _accept(state: Rollout, record: PhaseOutcome) -> None:
         print(f"  acceptance passed in {record.seconds:.1f} s", flush=True)
         return
     record.result = "failed"
-    why = f"timed out after {options.acceptance_timeout:g} s" if code is None else f"pytest exit {code}"
+    why = (f"timed out after {record.seconds:.1f} s (acceptance timeout {options.acceptance_timeout:g} s)"
+           if code is None else f"pytest exit {code}")
     if code == CHILD_INFRA_EXIT:
         why += ": only the lab failed, no verdict on the model"
     print(f"  acceptance FAILED ({why}); last lines of {log_path}:\n{_tail(log_path)}", flush=True)

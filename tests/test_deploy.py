@@ -7,6 +7,7 @@ import shlex
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -154,8 +155,11 @@ def test_upload_that_never_completes_leaves_the_old_version(lab: EmulatedLab, cl
             _reset_ssh(lab, "emu-a", on=True)
 
     try:
-        with pytest.raises(DeployError, match="did not complete within"):
+        started = time.monotonic()
+        with pytest.raises(DeployError, match=r"did not complete after (\d+\.\d) s .*\(timeout 3 s\)") as info:
             deploy(clean, newer, TRUSTED, progress=cut, timeout=3)
+        said = float(info.value.args[0].split("did not complete after ")[1].split(" s")[0])
+        assert 3.0 <= said <= time.monotonic() - started + 0.05  # the time really waited, not the setting
     finally:
         _reset_ssh(lab, "emu-a", on=False)
     assert _infer(clean, good.model_path) == 1.0

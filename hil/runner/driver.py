@@ -234,7 +234,8 @@ def _invoke(deployed: DeployedModel, config: dict[str, Any], timeout: float, *, 
             result = device.run(command, timeout=timeout, stdin=json.dumps(config).encode())
         except CommandTimeout as exc:
             _remove(device, directory)
-            raise RunnerTimeout(f"the runner did not finish within {timeout:g} s and was killed",
+            raise RunnerTimeout(f"the runner did not finish: killed after {time.monotonic() - started:.1f} s "
+                                f"(timeout {timeout:g} s)",
                                 detail=exc.stderr.strip()[-500:], **_who(deployed)) from None
         seconds = time.monotonic() - started
         report = _parse_report(result.stdout)

@@ -193,7 +193,8 @@ class StreamJob:
                 return status
             if deadline.expired:
                 still = status.state if status.running else f"{status.state} but its process is still there"
-                raise RunnerTimeout(f"stream {self.job_id} still {still} after {timeout:g} s",
+                raise RunnerTimeout(f"stream {self.job_id} still {still} after {deadline.elapsed():.1f} s "
+                                    f"(timeout {timeout:g} s)",
                                     detail=status.message, **_who(self.deployed))
             deadline.sleep(poll)
 
@@ -340,7 +341,8 @@ def _wait_started(job: StreamJob, timeout: float) -> None:
         if status.state != "starting":
             return
         if deadline.expired:
-            raise RunnerTimeout(f"stream {job.job_id} did not start within {timeout:g} s", **_who(job.deployed))
+            raise RunnerTimeout(f"stream {job.job_id} still starting after {deadline.elapsed():.1f} s "
+                                f"(timeout {timeout:g} s)", **_who(job.deployed))
         deadline.sleep(POLL_S)
 
 

@@ -121,7 +121,8 @@ class SerialTransport:
                 partial = partial_output(self._text(), token)
                 self._recover()
                 raise CommandTimeout(
-                    f"device '{self.device_name}': command {command!r} timed out after {timeout:g} s "
+                    f"device '{self.device_name}': command {command!r} timed out after {deadline.elapsed():.1f} s "
+                    f"(timeout {timeout:g} s) "
                     f"on serial console {self.config.port} (sent Ctrl-C)",
                     stdout=partial,
                 ) from None
@@ -190,7 +191,7 @@ class SerialTransport:
             parsed = self._probe(probe, token, deadline)
         except _Expired:
             if not _LOGIN_PROMPT.search(self._tail()):
-                raise SerialConnectError(self._sync_failure("no shell answered")) from None
+                raise SerialConnectError(self._sync_failure("no shell answered", deadline)) from None
             # Our lines reached a login prompt that showed up late (a getty respawning after a
             # logout took them for a user name and a password): log in now and ask again.
             log.info("device %s: a login prompt came late on %s; logging in", self.device_name, self.config.port)
@@ -199,9 +200,9 @@ class SerialTransport:
                 self._log_in_if_asked(self._tail(), retry)
                 parsed = self._probe(probe, token := new_token(), retry)
             except _Expired:
-                raise SerialConnectError(self._sync_failure("no shell answered")) from None
+                raise SerialConnectError(self._sync_failure("no shell answered", deadline)) from None
         if parsed.output.strip() != probe:
-            raise SerialConnectError(self._sync_failure(f"unexpected reply {parsed.output!r}"))
+            raise SerialConnectError(self._sync_failure(f"unexpected reply {parsed.output!r}", deadline))
         self._synced = True
         log.debug("device %s: synced to the shell on %s", self.device_name, self.config.port)
 
@@ -209,11 +210,12 @@ class SerialTransport:
         self._send(SETUP_LINE.encode() + b"\n", deadline)
         return self._exchange(wrap(f"echo {probe}", token), token, deadline)
 
-    def _sync_failure(self, what: str) -> str:
+    def _sync_failure(self, what: str, waited: Deadline) -> str:
         tail = self._text()[-200:]
         return (
-            f"device '{self.device_name}': {what} on serial console {self.config.port} within "
-            f"{self.config.timeout:g} s (is a shell or login prompt on it? set `serial.prompt`, "
+            f"device '{self.device_name}': {what} on serial console {self.config.port} after "
+            f"{waited.elapsed():.1f} s (serial.timeout {self.config.timeout:g} s; is a shell or login prompt on it? "
+            f"set `serial.prompt`, "
             f"`login`, `password` in devices.toml); last output: {tail!r}"
         )
 

@@ -506,7 +506,8 @@ class SshTransport:
         stderr = base64.b64decode(answer["stderr"]).decode(errors="replace")
         if answer["timed_out"]:
             raise CommandTimeout(f"device '{self.device}': {command!r} ran past its {timeout:g} s timeout "
-                                 "and was killed", stdout=stdout, stderr=stderr)
+                                 f"and was killed (answered after {time.monotonic() - started:.1f} s)",
+                                 stdout=stdout, stderr=stderr)
         return Result(command, stdout, stderr, answer["status"], time.monotonic() - started)
 
     # -- files ------------------------------------------------------------------------------
