@@ -206,7 +206,7 @@ def cmd_artifact_verify(args: argparse.Namespace, inventory: Inventory | None) -
     if args.key:
         keys = [load_public_key(Path(k)) for k in args.key]
     else:
-        keys = [load_public_key(p) for p in _inventory(args).deploy.trusted_keys]
+        keys = [load_public_key(p) for p in load_inventory(args.devices, require_devices=False).deploy.trusted_keys]
     artifact = load_artifact(Path(args.dir))
     signer = verify(artifact, keys)
     print(f"{artifact.label}: OK (signed by {signer}, sha256 and size match)")

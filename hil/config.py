@@ -639,8 +639,12 @@ def _load_device(ctx: _Ctx, raw: Any, index: int, emulated_index: int, lab: LabC
     )
 
 
-def load_inventory(path: Path | str) -> Inventory:
-    """Read and validate devices.toml. Raises ConfigError with a message a user can act on."""
+def load_inventory(path: Path | str, *, require_devices: bool = True) -> Inventory:
+    """Read and validate devices.toml. Raises ConfigError with a message a user can act on.
+
+    A file without a device is refused (a run on it would validate nothing and look like success), unless
+    `require_devices` is False: for what reads only [deploy] (`hil artifact verify`'s trusted keys).
+    """
     path = Path(path)
     ctx = _Ctx(path)
     try:
@@ -676,4 +680,7 @@ def load_inventory(path: Path | str) -> Inventory:
                                                     f"emulated device '{twin}'; each needs a user of its own")
         emulated_count += device.emulated
         devices.append(device)
+    if require_devices and not devices:
+        raise ConfigError(f"{path}: no devices: add at least one [[devices]] table (see docs/devices-toml.md); "
+                          "a run on an inventory without devices would validate nothing")
     return Inventory(path=path, lab=lab, devices=tuple(devices), deploy=deploy)

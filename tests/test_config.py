@@ -212,8 +212,16 @@ def test_two_emulated_devices_cannot_share_a_login(tmp_path: Path) -> None:
 # Valid files
 
 
-def test_empty_file_is_an_empty_inventory(tmp_path: Path) -> None:
-    inventory = load(tmp_path, "")
+@pytest.mark.parametrize("text", ["", '[lab]\nname = "hil"\n', "devices = []\n",
+                                  '[deploy]\ntrusted_keys = []\n'])
+def test_an_inventory_without_devices_is_refused_naming_the_file(tmp_path: Path, text: str) -> None:
+    # It would validate nothing: a run on it must not look like success (it gave "6 skipped", exit 0).
+    message = error(tmp_path, text)
+    assert str(tmp_path / "devices.toml") in message and "no devices" in message and "[[devices]]" in message
+
+
+def test_an_inventory_without_devices_is_read_where_only_deploy_keys_matter(tmp_path: Path) -> None:
+    inventory = load_inventory(write(tmp_path, ""), require_devices=False)
     assert inventory.devices == ()
     assert inventory.lab.name == "hil"
     assert inventory.lab.subnet == ipaddress.IPv4Network("10.77.0.0/24")
@@ -837,7 +845,7 @@ def test_unknown_name_lists_known_names(three: Inventory) -> None:
 
 def test_unknown_name_in_empty_inventory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="known: none"):
-        load(tmp_path, "").get("anything")
+        load_inventory(write(tmp_path, ""), require_devices=False).get("anything")
 
 
 def test_inventory_is_immutable(three: Inventory) -> None:
