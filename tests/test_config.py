@@ -1127,3 +1127,15 @@ def test_artifact_globs_may_be_absolute(tmp_path: Path) -> None:
     path.write_text(f'[deploy]\nartifacts = ["{models}/*", "../models/a"]\n\n'
                     '[[devices]]\nname = "emu"\nemulated = true\n')
     assert load_inventory(path).artifact_dirs() == [models / "a", models / "b"]  # resolved, each once
+
+
+@pytest.mark.parametrize("command", [["devices", "check"], ["devices", "list"], ["faults", "list", "x"],
+                                     ["lab", "status"], ["run", "x", "--", "true"]])
+def test_hil_commands_refuse_an_inventory_without_devices(tmp_path: Path, command: list[str],
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from hil.cli import main as cli_main
+
+    path = write(tmp_path, '[lab]\nname = "hil"\n')
+    assert cli_main(["--devices", str(path), *command]) == 2  # a usage error, never 0
+    err = capsys.readouterr().err
+    assert str(path) in err and "no devices" in err

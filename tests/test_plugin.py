@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -184,7 +186,9 @@ def test_unreachable_device_is_quarantined_after_one_error(pytester: pytest.Pyte
     result = pytester.runpytest("-rA", f"--junitxml={junit}")
     elapsed = time.monotonic() - started
     result.assert_outcomes(passed=6, errors=1, skipped=2)
-    unreachable = f"device 'ghost' (root@{GHOST_ADDRESS}:22): no answer within 1 s"
+    waited = re.search(r"no answer within (\d+\.\d) s", result.stdout.str())
+    assert waited and 0.9 <= float(waited.group(1)) < 2.5, result.stdout.str()  # the time really waited
+    unreachable = f"device 'ghost' (root@{GHOST_ADDRESS}:22): no answer within {waited.group(1)} s"
     reason = f"device 'ghost' is out of this run (infrastructure): {unreachable}"
     setups = {r.nodeid.partition("::")[2]: r for r in result.reprec.getreports("pytest_runtest_logreport")  # type: ignore[attr-defined]
               if r.when == "setup" and "ghost" in r.nodeid}
@@ -215,3 +219,41 @@ def test_an_operation_needing_root_is_skipped_with_the_reason(pytester: pytest.P
     result = pytester.runpytest("-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*clock step needs root*"])
+
+
+# -- a run that validated nothing must not look like success (README "Exit codes") ----------------------
+
+
+def _summary_exit(pytester: pytest.Pytester) -> dict[str, object]:
+    return json.loads((pytester.path / "reports" / "summary.json").read_text())["exit"]
+
+
+@pytest.mark.parametrize("args", [["-m", "jetson and not emulated"], ["-k", "no_such_test"]])
+def test_a_selection_that_leaves_no_device_test_is_not_success(lab_dir: pytest.Pytester, args: list[str]) -> None:
+    # A test that needs no device still passes: the run is not empty, but nothing ran on a device.
+    lab_dir.makepyfile(test_plain="def test_plain():\n    pass\n")
+    result = lab_dir.runpytest(*args, "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED, result.stdout.str()
+    result.stdout.fnmatch_lines(["*exit code 5: no_devices*none of the 4 tests on devices*nothing was validated*"])
+    assert _summary_exit(lab_dir) == {"code": 5, "meaning": "no_devices"}  # no stale summary passes a gate
+
+
+def test_without_device_tests_pytest_keeps_its_own_exit_code(lab_dir: pytest.Pytester) -> None:
+    # hil's own unit tests, say: a devices.toml is there, but no test asks for a device.
+    lab_dir.makepyfile(test_plain="def test_plain():\n    pass\n")
+    result = lab_dir.runpytest("-p", "no:cacheprovider", "test_plain.py")
+    assert result.ret == 0
+    assert not (lab_dir.path / "reports" / "summary.json").exists()
+
+
+@needs_root
+def test_a_run_whose_every_device_is_out_exits_75(pytester: pytest.Pytester, lab: EmulatedLab) -> None:
+    known_hosts = pytester.path / "known_hosts"
+    known_hosts.write_text("")
+    write_devices(pytester.path, ghost_device_toml(lab, known_hosts))  # the only device never answers
+    pytester.makepyfile(test_out=DEVICE_TESTS + "\ndef test_plain():\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, errors=1, skipped=1)
+    assert result.ret == 75, result.stdout.str()
+    assert _summary_exit(pytester) == {"code": 75, "meaning": "infrastructure"}
+    result.stdout.fnmatch_lines(["*exit code 75: infrastructure*only the lab failed*"])

@@ -22,6 +22,9 @@ from hil.report.summary import EXIT_INFRASTRUCTURE, SummaryWriter
 log = logging.getLogger(__name__)
 
 _REPORT_DIR = pytest.StashKey[Path]()
+# Tests on a device (`device` or `devices`) collected, and left after -m / -k / --deselect: (before, after).
+_DEVICE_TESTS = pytest.StashKey[tuple[int, int]]()
+_WORKER_OUTPUT_KEY = "hil_device_tests"
 MESSAGE_LIMIT = 4000  # characters of a failure kept in summary.json
 LOG_TIMEOUT = 10.0
 
@@ -57,12 +60,33 @@ def hil_report_dir(request: pytest.FixtureRequest) -> Path:
     return report_dir(request.config)
 
 
-@pytest.hookimpl(trylast=True)  # after the device parametrization has given every item its callspec
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def _on_device(item: pytest.Item) -> bool:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return "device" in params or "devices" in getattr(item, "fixturenames", ())
+
+
+@pytest.hookimpl(wrapper=True)  # around every other implementation: -m and -k deselect in between
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]):  # type: ignore[no-untyped-def]
+    before = sum(map(_on_device, items))
+    result = yield
+    config.stash[_DEVICE_TESTS] = (before, sum(map(_on_device, items)))
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if "device" in params:  # other tests keep allure-pytest's own labels
             collection_labels(item, params["device"])
+    return result
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None and _DEVICE_TESTS in session.config.stash:  # xdist: tell the controller
+        workeroutput[_WORKER_OUTPUT_KEY] = list(session.config.stash[_DEVICE_TESTS])
+
+
+def no_device_selected(config: pytest.Config) -> int | None:
+    """How many device tests there were, when the selection left none of them to run; else None."""
+    before, after = config.stash.get(_DEVICE_TESTS, (0, 0))
+    return before if before and not after else None
 
 
 def _allure_status(excinfo: pytest.ExceptionInfo[BaseException]) -> str:
@@ -111,7 +135,20 @@ class SummaryHooks:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.writer.add(report)
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """xdist: each worker collected the device tests; the selection left none only if it did so on all."""
+        before, after = getattr(node, "workeroutput", {}).get(_WORKER_OUTPUT_KEY, (0, 0))
+        seen = self.config.stash.get(_DEVICE_TESTS, (0, 0))
+        self.config.stash[_DEVICE_TESTS] = (max(seen[0], before), max(seen[1], after))
+
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        nothing = no_device_selected(self.config) is not None and not self.writer.active
+        if nothing and int(exitstatus) in (0, 1, 5):
+            # Device tests were collected, the selection (-m, -k, --deselect) ran none: nothing was validated.
+            self.writer.active = True  # a summary all the same, so no earlier run's summary.json passes a gate
+            session.exitstatus = self.writer.finish(int(exitstatus), no_devices=True)
+            return
         if not self.writer.active:
             return  # no test used a device (hil's own unit tests): no summary, pytest's exit code
         session.exitstatus = self.writer.finish(int(exitstatus))
@@ -130,4 +167,8 @@ class SummaryHooks:
                                     f"({', '.join(f'{v} {k}' for k, v in counts.items() if v)})")
         code, meaning = writer.exit["code"], writer.exit["meaning"]
         hint = " (only the lab failed: retry the run; no verdict on the model)" if code == EXIT_INFRASTRUCTURE else ""
+        if meaning == "no_devices":
+            count = no_device_selected(self.config)
+            hint = (f" (the selection left none of the {count} tests on devices to run: nothing was validated; "
+                    "check -m / -k / --hil-device)")
         terminalreporter.write_line(f"exit code {code}: {meaning}{hint}")

@@ -27,6 +27,9 @@ SCHEMA = "hil.summary/1"
 EXIT_PASSED = 0
 EXIT_PRODUCT_FAILURE = 1
 EXIT_INFRASTRUCTURE = 75
+# pytest's "no tests" code, also when tests were collected but the selection left none on a device:
+# nothing was validated, which must not pass a release gate.
+EXIT_NO_DEVICES = 5
 
 # The facts that change what a device measures: two runs are comparable only when they agree.
 FINGERPRINT_FACTS = ("arch", "cpu_count", "cpu_quota", "memory_limit_bytes", "memory_total_bytes", "kernel", "os",
@@ -234,11 +237,12 @@ class SummaryWriter:
             return EXIT_INFRASTRUCTURE, "infrastructure"
         return pytest_code, "passed" if pytest_code == 0 else "failed"
 
-    def finish(self, pytest_code: int) -> int:
+    def finish(self, pytest_code: int, *, no_devices: bool = False) -> int:
+        """Record the end; `no_devices`: the run had device tests but its selection left none to run."""
         for test in list(self.tests.values()):  # reports without a teardown (interrupted): keep what is known
             self._record(test)
         self.tests.clear()
-        code, meaning = self.exit_code(pytest_code)
+        code, meaning = (EXIT_NO_DEVICES, "no_devices") if no_devices else self.exit_code(pytest_code)
         self.exit = {"code": code, "meaning": meaning}
         self.finished_at = now_iso()
         self.write()
