@@ -385,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab = sub.add_parser("lab", help="the emulated lab").add_subparsers(dest="lab_command", required=True)
     lab.add_parser("up", help="build the emulated devices (idempotent; repairs a stale lab)").set_defaults(
         func=cmd_lab_up)
-    lab.add_parser("down", help="remove every trace of the emulated lab").set_defaults(func=cmd_lab_down)
+    lab.add_parser("down", help="remove every trace of the emulated lab").set_defaults(func=cmd_lab_down,
+                                                                                         needs_devices=False)
     lab.add_parser("status", help="what runs now").set_defaults(func=cmd_lab_status)
 
     devices = sub.add_parser("devices", help="the devices of devices.toml").add_subparsers(
@@ -507,7 +508,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace, Inventory | None], int] = args.func
     try:
         # Artifact commands work without a devices.toml; the rest read it up front.
-        return func(args, load_inventory(args.devices) if getattr(args, "needs_inventory", True) else None)
+        # `lab down` must work on a devices.toml whose devices are all gone: the rest refuse one (nothing to do).
+        return func(args, load_inventory(args.devices, require_devices=getattr(args, "needs_devices", True))
+                    if getattr(args, "needs_inventory", True) else None)
     except ConfigError as exc:
         print(f"hil: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
