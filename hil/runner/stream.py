@@ -188,7 +188,7 @@ class StreamJob:
         """
         deadline = Deadline.after(timeout)
         while True:
-            status = self.status(timeout=deadline.remaining_or(STATUS_TIMEOUT) or 1.0)
+            status = self.status(timeout=max(deadline.remaining_or(STATUS_TIMEOUT), 1.0))
             if not status.running and not status.alive:
                 return status
             if deadline.expired:
@@ -329,7 +329,7 @@ def _wait_started(job: StreamJob, timeout: float) -> None:
     """Until the job says running (or already ended well); its failure raises the runner's error."""
     deadline = Deadline.after(timeout)
     while True:
-        status = job.status(timeout=deadline.remaining_or(STATUS_TIMEOUT) or 1.0)
+        status = job.status(timeout=max(deadline.remaining_or(STATUS_TIMEOUT), 1.0))
         if status.state == "failed":
             _raise_for(job.deployed, {"error": status.error or {"message": status.message}})
         if status.state == "crashed":
