@@ -164,6 +164,10 @@ class LabConfig:
     def console_path(self, device: str) -> Path:
         return self.dir / device / "console"
 
+    def console_password_path(self, device: str) -> Path:
+        """The console password the lab made up for a non-root device devices.toml gives none for."""
+        return self.dir / device / "console-password"
+
 
 @dataclass(frozen=True)
 class DeployConfig:
@@ -537,22 +541,25 @@ def _emulated_console(ctx: _Ctx, serial: SerialConfig, ssh: SshConfig, become: B
         raise ctx.at("serial").error("login", f"must be the device's ssh.user {ssh.user!r} (the one login the "
                                               f"lab makes), got {serial.login!r}")
     password = serial.password or become.password or Secret(
-        "", source=f"the password the lab made for '{name}'", path=lab.dir / name / "console-password")
+        "", source=f"the password the lab made for '{name}'", path=lab.console_password_path(name))
     return SerialConfig(port=serial.port, baud=serial.baud, login=ssh.user, password=password,
                         prompt=serial.prompt, timeout=serial.timeout)
 
 
-def _emulated_venv(ctx: _Ctx, python: str | None, ssh: SshConfig, lab: LabConfig, name: str) -> str | None:
-    """The venv the lab makes for an emulated device: the one `python` names, or for a non-root device
-    one of its own (the lab's interpreter may sit where that user cannot go)."""
+def _emulated_venv(ctx: _Ctx, python: str | None, ssh: SshConfig, lab: LabConfig,
+                   name: str) -> tuple[str | None, str]:
+    """(the venv the lab makes, the interpreter) of an emulated device: the venv `python` names, or for a
+    non-root device one of its own (the lab's interpreter may sit where that user cannot go)."""
     if python is not None:
-        if not _VENV_PYTHON.fullmatch(python) or python.rsplit("/bin/", 1)[0] in _SYSTEM_DIRS:
+        venv = python.rsplit("/bin/", 1)[0]
+        if not _VENV_PYTHON.fullmatch(python) or venv in _SYSTEM_DIRS:
             raise ctx.error("python", "of an emulated device must be the interpreter of a venv the lab makes, "
                                       f"like \"/opt/venvs/ort/bin/python\" (not in a system directory), got {python!r}")
-        return python.rsplit("/bin/", 1)[0]
+        return venv, python
     if ssh.user == "root":
-        return None  # the lab's own interpreter, through a wrapper on the device's PATH
-    return str(LAB_VENV_ROOT / lab.name / name / "venv")
+        return None, "python3"  # the lab's own interpreter, through a wrapper on the device's PATH
+    venv = str(LAB_VENV_ROOT / lab.name / name / "venv")
+    return venv, f"{venv}/bin/python"
 
 
 def _load_device(ctx: _Ctx, raw: Any, index: int, emulated_index: int, lab: LabConfig) -> DeviceConfig:
@@ -608,10 +615,8 @@ def _load_device(ctx: _Ctx, raw: Any, index: int, emulated_index: int, lab: LabC
                                    become, lab, name)
     elif not emulated and serial_raw is not None:
         serial = _load_serial(ctx, _table(ctx, raw, "serial") or {}, base, None)
-    python = _str(ctx, raw, "python", "python3") or "python3"
-    venv = _emulated_venv(ctx, python if "python" in raw else None, ssh, lab, name) if emulated else None
-    if venv is not None:
-        python = f"{venv}/bin/python" if "python" not in raw else python
+    python = _str(ctx, raw, "python")
+    venv, python = _emulated_venv(ctx, python, ssh, lab, name) if emulated else (None, python or "python3")
 
     workdir = _str(ctx, raw, "workdir", DEFAULT_WORKDIR if emulated else None)
     if workdir is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import serial
 
-from hil.config import load_inventory
+from hil.config import LAB_VENV_ROOT, load_inventory
 from hil.device import Device
 from hil.errors import AuthError, LabError
 from hil.lab import EmulatedLab, users
@@ -111,7 +111,7 @@ def test_console_asks_for_login_and_password(lab: EmulatedLab, device_b: Device)
 
 
 def test_down_removes_users_sudo_rules_and_venvs(tmp_path: Path) -> None:
-    venv = Path("/var/lib/hil-lab/hilprof-custom/ort-venv")  # a path the login can reach (tmp_path is 0700)
+    venv = LAB_VENV_ROOT / "hilprof" / "custom" / "ort-venv"  # a path the login can reach (tmp_path is 0700)
     inventory = load_inventory(write_devices(tmp_path, PROFILE_LAB_TOML.format(venv=venv)))
     lab = EmulatedLab(inventory)
     try:

@@ -23,8 +23,8 @@ import time
 FAILED_LOGIN_DELAY = 1.0
 
 
-def _hash(salt: str, password: str) -> str:
-    # As hil.lab.users.password_hash, which writes the file this checks (kept apart: no hil import here).
+def password_hash(salt: str, password: str) -> str:
+    """What the console's shadow file holds (written by hil.lab.users, checked here)."""
     return hashlib.scrypt(password.encode(), salt=salt.encode(), n=2**14, r=8, p=1).hex()
 
 
@@ -97,7 +97,7 @@ def main(config_path: str) -> int:
                 return 0
             with open(str(config["shadow"])) as f:
                 salt, _, expected = f.read().strip().partition("$")
-            if name == config["user"] and hmac.compare_digest(_hash(salt, password), expected):
+            if name == config["user"] and hmac.compare_digest(password_hash(salt, password), expected):
                 break
             time.sleep(FAILED_LOGIN_DELAY)
             sys.stdout.write("\nLogin incorrect\n")

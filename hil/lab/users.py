@@ -7,9 +7,7 @@ removes users whose comment says this lab made them, and sudoers files named aft
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import logging
 import os
 import pwd
 import secrets
@@ -18,9 +16,8 @@ from pathlib import Path
 
 from hil.config import DeviceConfig, LabConfig
 from hil.errors import LabError
+from hil.lab.console_login import password_hash
 from hil.lab.host import find_tool, host_run
-
-log = logging.getLogger(__name__)
 
 SUDOERS_DIR = Path("/etc/sudoers.d")
 
@@ -30,11 +27,14 @@ class Login:
     name: str
     uid: int
     gid: int
-    home: Path
+
+
+def _prefix(lab: LabConfig) -> str:
+    return f"hil lab {lab.name} device "
 
 
 def comment(lab: LabConfig, device: str) -> str:
-    return f"hil lab {lab.name} device {device}"
+    return _prefix(lab) + device
 
 
 def sudoers_file(lab: LabConfig, device: str) -> Path:
@@ -42,12 +42,8 @@ def sudoers_file(lab: LabConfig, device: str) -> Path:
     return SUDOERS_DIR / f"hil-lab-{lab.name}-{device.replace('.', '_')}"
 
 
-def console_password_file(lab: LabConfig, device: str) -> Path:
-    return lab.dir / device / "console-password"
-
-
 def _ours(entry: pwd.struct_passwd, lab: LabConfig) -> bool:
-    return entry.pw_gecos.startswith(f"hil lab {lab.name} device ")
+    return entry.pw_gecos.startswith(_prefix(lab))
 
 
 def ensure_login(lab: LabConfig, device: DeviceConfig, home: Path) -> Login | None:
@@ -70,7 +66,7 @@ def ensure_login(lab: LabConfig, device: DeviceConfig, home: Path) -> Login | No
         host_run([find_tool("usermod"), "--home", str(home), "--comment", comment(lab, device.name), user])
     _set_password(device, user)
     _write_sudoers(lab, device, user)
-    return Login(user, entry.pw_uid, entry.pw_gid, home)
+    return Login(user, entry.pw_uid, entry.pw_gid)
 
 
 def _set_password(device: DeviceConfig, user: str) -> None:
@@ -113,7 +109,7 @@ def ensure_console_password(lab: LabConfig, device: DeviceConfig) -> Path | None
     if device.serial is None or device.serial.password is None:
         return None
     secret = device.serial.password
-    made_up = console_password_file(lab, device.name)
+    made_up = lab.console_password_path(device.name)
     if secret.path is not None:
         if not made_up.is_file():
             _write_private(made_up, "hil-" + secrets.token_urlsafe(12))
@@ -134,10 +130,6 @@ def passwords_digest(lab: LabConfig, device: DeviceConfig) -> str:
     if not given or not lab.client_key.is_file():
         return ""
     return hmac.new(lab.client_key.read_bytes(), "\0".join(given).encode(), "sha256").hexdigest()
-
-
-def password_hash(salt: str, password: str) -> str:
-    return hashlib.scrypt(password.encode(), salt=salt.encode(), n=2**14, r=8, p=1).hex()
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -165,5 +157,4 @@ def remove_all(lab: LabConfig) -> None:
 
 def stale_devices(lab: LabConfig, wanted: set[str]) -> list[str]:
     """Devices this lab made users for that the inventory no longer has."""
-    prefix = f"hil lab {lab.name} device "
-    return sorted({e.pw_gecos.removeprefix(prefix) for e in pwd.getpwall() if _ours(e, lab)} - wanted)
+    return sorted({e.pw_gecos.removeprefix(_prefix(lab)) for e in pwd.getpwall() if _ours(e, lab)} - wanted)

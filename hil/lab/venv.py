@@ -62,11 +62,13 @@ def base_interpreter() -> Path:
                    "hil's .venv from one (scripts/setup.sh uses the python3 on PATH)")
 
 
-def _owner(path: Path, lab: LabConfig) -> str | None:
+def _marker(path: Path) -> dict[str, str]:
+    """What the lab wrote when it made the venv at `path` ({} when it did not)."""
     try:
-        return json.loads((path / MARKER).read_text()).get("lab")
-    except (OSError, ValueError, AttributeError):
-        return None
+        found = json.loads((path / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _wanted(lab: LabConfig) -> dict[str, str]:
@@ -76,13 +78,10 @@ def _wanted(lab: LabConfig) -> dict[str, str]:
 def ensure_venv(lab: LabConfig, device: str, path: Path) -> None:
     """The venv at `path`, made now unless this lab made it before from the same interpreter."""
     if path.exists():
-        if _owner(path, lab) != lab.name:
+        current = _marker(path)
+        if current.get("lab") != lab.name:
             raise LabError(f"device '{device}': {path} exists and hil lab '{lab.name}' did not make it: the lab makes "
                            "the venv an emulated device's `python` names; pick a path of its own in devices.toml")
-        try:
-            current = json.loads((path / MARKER).read_text())
-        except (OSError, ValueError):
-            current = {}
         if current == _wanted(lab) and (path / "bin" / "python").exists():
             return
         shutil.rmtree(path)
@@ -141,7 +140,7 @@ def _registered(lab: LabConfig) -> list[str]:
 
 
 def remove_venv(lab: LabConfig, path: Path) -> None:
-    if path.exists() and _owner(path, lab) == lab.name:
+    if path.exists() and _marker(path).get("lab") == lab.name:
         shutil.rmtree(path, ignore_errors=True)
 
 
