@@ -199,9 +199,10 @@ def figure() -> Iterator[None]:
     yield
     done = {k: v for k, v in FIGURE.items() if isinstance(v, int)}
     skipped = {k: v for k, v in FIGURE.items() if not isinstance(v, int)}
-    kinds, points, profiles = ({k[i] for k in done} for i in (1, 2, 0))
+    kinds, points, profiles = ({k[i] for k in FIGURE} for i in (1, 2, 0))
     print(f"\nfault undo reliability: {len(kinds)} fault kinds x {len(points)} kill points x {len(profiles)} "
-          f"profiles = {len(done)} cases, leftovers found after the next run start: {sum(done.values())}"
+          f"profiles = {len(FIGURE)} cases, {len(done)} run, leftovers found after the next run start: "
+          f"{sum(done.values())}"
           f" ({len(skipped)} cases skipped: "
           + "; ".join(sorted({f"{k[0]}/{k[1]}: {str(v)[:90]}" for k, v in skipped.items()})) + ")")
 
