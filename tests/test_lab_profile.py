@@ -166,3 +166,12 @@ def test_a_venv_the_login_cannot_reach_is_refused_with_the_reason(tmp_path: Path
     finally:
         lab.down()
     assert not (closed / "venv").exists()
+
+
+def test_sessions_preload_a_libfaketime_the_login_can_read(lab: EmulatedLab, device_b: Device) -> None:
+    # The lab's own copy, not the one in hil's venv: a checkout in a 0700 directory (mktemp -d, a home)
+    # would make every command of the non-root login print an ld.so error and lose its clock.
+    result = device_b.run('printf %s "$LD_PRELOAD"; test -r "$LD_PRELOAD"', timeout=10)
+    assert result.ok and result.stdout.startswith(f"{lab.config.dir}/"), result
+    assert "ld.so" not in result.stderr
+    assert device_b.console("echo quiet", timeout=20).stdout == "quiet\n"  # no ld.so error on the console

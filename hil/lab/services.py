@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -47,7 +48,7 @@ def device_env(lab: LabConfig, device: DeviceConfig) -> dict[str, str]:
     first on PATH (a non-root device has the system's PATH: its onnxruntime is in its venv, as on a Jetson)."""
     path = DEVICE_PATH if device.login_user != "root" else f"{lab.dir / 'bin'}:{DEVICE_PATH}"
     return {
-        "LD_PRELOAD": str(faketime_library()),
+        "LD_PRELOAD": str(device_faketime(lab)),
         "FAKETIME_TIMESTAMP_FILE": str(clock_file(lab, device.name)),
         "FAKETIME_NO_CACHE": "1",
         # Python's timeouts (sleep, locks, subprocess) need a true monotonic clock.
@@ -57,6 +58,12 @@ def device_env(lab: LabConfig, device: DeviceConfig) -> dict[str, str]:
         "HOME": str(device_home(lab, device.name)),
         "LANG": "C.UTF-8",
     }
+
+
+def device_faketime(lab: LabConfig) -> Path:
+    """The lab's own copy of libfaketime, the one device sessions preload: hil's checkout (and so its venv)
+    may lie in a directory a non-root device's login cannot enter (mktemp's 0700, a home)."""
+    return lab.dir / "lib" / "libfaketime.so.1"
 
 
 def device_home(lab: LabConfig, device: str) -> Path:
@@ -81,6 +88,17 @@ def ensure_client_key(lab: LabConfig) -> None:
         host_run([find_tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", f"hil-lab-{lab.name}",
                   "-f", str(lab.client_key)])
     (lab.dir / "authorized_keys").write_text(lab.client_key.with_suffix(".pub").read_text())
+    preload = device_faketime(lab)
+    preload.parent.mkdir(exist_ok=True)
+    preload.parent.chmod(0o755)
+    source = faketime_library()
+    if not preload.is_file() or preload.read_bytes() != source.read_bytes():
+        # A new file renamed over the old one: running sessions have the old one mapped, and truncating
+        # a mapped library under them would crash them.
+        draft = preload.with_suffix(".new")
+        shutil.copyfile(source, draft)
+        draft.chmod(0o755)
+        os.replace(draft, preload)
     bindir = lab.dir / "bin"
     bindir.mkdir(exist_ok=True)
     # `reboot` on an emulated device restarts its processes; it must never reach the host's reboot.
