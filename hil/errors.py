@@ -29,6 +29,11 @@ class ConnectError(TransportError):
     """No session could be opened: unreachable host, refused connection, timeout."""
 
 
+class SlowLinkError(ConnectError):
+    """The device's sshd answered, but the SSH handshake did not finish in time: a live device on a lossy
+    or slow link (a fault a killed run left applied, say), not a dead one."""
+
+
 class AuthError(ConnectError):
     """The device refused our credentials."""
 

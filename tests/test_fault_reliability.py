@@ -173,6 +173,23 @@ def read_directly(profile: Profile) -> Direct:
                   [n for n in names.split() if n.endswith((".json", ".undo.sh"))], processes, clock)
 
 
+def _scrub(profile: Profile, fault_id: str, clock_before: str | None) -> None:
+    """Clear, around hil, what a failed case left, so that one failure does not fail every later case too."""
+    ns = ("ip", "netns", "exec", profile.netns)
+    kept = "".join(f"{line}\n" for line in _sh(*ns, "iptables-save").splitlines() if TAG not in line)
+    subprocess.run([*ns, "iptables-restore"], input=kept, text=True, check=True, timeout=30)
+    for line in _sh(*ns, "tc", "qdisc", "show").splitlines():
+        if " root " in line and (f" {QDISC_HANDLE} " in line or " tbf " in line):
+            subprocess.run([*ns, "tc", "qdisc", "del", "dev", line.split()[4], "root"], timeout=30, check=False)
+    for process in read_directly(profile).processes:
+        if TAG in process or fault_id in process:
+            subprocess.run(["kill", "-9", process.split()[0]], timeout=30, check=False)
+    subprocess.run(["nsenter", "-t", str(_mount_pid(profile)), "-m", "sh", "-c",
+                    f"rm -f {profile.workdir}/.hil/fill-* {profile.workdir}/.hil/faults/*"], timeout=30, check=True)
+    if profile.clock_file is not None and clock_before is not None:
+        profile.clock_file.write_text(clock_before + "\n")
+
+
 def _device(profile: Profile) -> Device:
     return Device(load_inventory(profile.devices_toml).get(profile.device))
 
@@ -246,11 +263,16 @@ def test_no_leftovers_after_the_next_run_start(profile_fixture: str, kind: str, 
         if cuts_off:
             _wait_reachable(device, 4 + 20)  # the dead-man's 4 s, and a margin
         faults.sweep(device)  # what the next run start does (the plugin's and `hil devices check`'s sweep)
+    except BaseException:
+        _scrub(profile, fault_id, before.clock)
+        raise
     finally:
         device.close()
     after = read_directly(profile)
     left = after.leftovers(fault_id, before.clock)
     FIGURE[(profile.name, kind, point)] = len(left)
+    if left:
+        _scrub(profile, fault_id, before.clock)
     assert left == [], f"{kind} / {point} on {profile.name}: leftovers after the next run start: {left}"
 
 

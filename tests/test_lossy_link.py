@@ -3,17 +3,23 @@ sized for the fault and retries until the fault's deadline (hil.transport.ssh.Ss
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import re
+import socket
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from hil import faults
 from hil.config import SshConfig
 from hil.device import Device
+from hil.errors import ConnectError, SlowLinkError
 from hil.faults.base import Fault
-from hil.transport.ssh import DEGRADED_CONNECT_TIMEOUT, DEGRADED_HANDSHAKE_TIMEOUT, SshTransport
+from hil.transport.ssh import DEGRADED_CONNECT_TIMEOUT, DEGRADED_HANDSHAKE_TIMEOUT, SshTransport, open_socket
 
 RECONNECTS = 6
 
@@ -88,3 +94,83 @@ def test_reconnect_messages_say_the_time_really_waited() -> None:
     waited = time.monotonic() - started
     said = float(re.search(r"after (\d+\.\d) s", str(info.value)).group(1))  # type: ignore[union-attr]
     assert abs(said - waited) < 0.3 and 1.0 <= said < 3.0
+
+
+class _SilentOnce:
+    """A TCP relay to a device's sshd that swallows the first connection (no SSH banner ever comes, as through
+    a link a killed run left lossy) and relays every later one to the real sshd."""
+
+    def __init__(self, target: tuple[str, int], bind_interface: str | None) -> None:
+        self.target, self.bind_interface = target, bind_interface
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted = 0
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.accepted == 1:
+                self._held.append(client)  # connected, and then silence
+                continue
+            upstream = open_socket(*self.target, 5.0, self.bind_interface)
+            upstream.settimeout(None)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+        for held in self._held:
+            held.close()
+
+
+@pytest.mark.usefixtures("lab")
+def test_a_first_contact_whose_handshake_stalls_is_retried_not_failed(device_a: Device, tmp_path: Path) -> None:
+    # A killed run can leave a lossy link behind; the next run's first contact (its sweep, which would undo
+    # that fault) then stalls in the handshake. sshd answered, so the device is alive: retry, do not fail.
+    ssh = device_a.config.ssh
+    assert ssh.known_hosts is not None
+    relay = _SilentOnce((ssh.host, ssh.port or 22), ssh.bind_interface)
+    try:
+        pinned = [line.split(" ", 1)[1] for line in ssh.known_hosts.read_text().splitlines()
+                  if line.split(" ", 1)[0] == ssh.host]
+        assert pinned, f"no host key of {ssh.host} in {ssh.known_hosts}"
+        known = tmp_path / "known_hosts"
+        known.write_text("".join(f"[127.0.0.1]:{relay.port} {key}\n" for key in pinned))
+        config = dataclasses.replace(ssh, host="127.0.0.1", port=relay.port, known_hosts=known,
+                                     bind_interface=None, connect_timeout=1.0, reconnect_timeout=10.0)
+        transport = SshTransport("emu-a-relayed", config)
+        try:
+            result = transport.run("id -un", timeout=20)
+            assert result.stdout.strip() == (ssh.user or "root")
+            assert relay.accepted == 2 and transport.connects == 1  # one stalled contact, then the session
+            assert transport.degradation is None  # the retry's longer timeouts ended with it
+        finally:
+            transport.close()
+    finally:
+        relay.close()
+
+
+def test_a_dead_device_still_fails_fast_on_first_contact() -> None:
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens: refused, like a device whose sshd is down
+    transport = SshTransport("unit", SshConfig(host="127.0.0.1", port=port, connect_timeout=0.5,
+                                               reconnect_timeout=30.0))
+    with pytest.raises(ConnectError) as info:
+        transport.connect()
+    # One attempt, no retrying: a dead device is an infrastructure failure at once, not 30 s later.
+    assert not isinstance(info.value, SlowLinkError) and "reconnecting" not in str(info.value), info.value

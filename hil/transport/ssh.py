@@ -33,6 +33,7 @@ from hil.errors import (
     ConnectError,
     ConnectionLost,
     HostKeyError,
+    SlowLinkError,
     TransportError,
 )
 from hil.transport.base import ProgressCallback, Result
@@ -232,10 +233,28 @@ class SshTransport:
             if self._alive():
                 return
             self._drop()
+            slow_first_contact: DegradedLink | None = None
             if not self._ever_connected:
-                self._open()  # first contact: fail fast, a dead device must not stall the run
-                return
-            # It worked before: the device may be rebooting or the link flapping; retry a while.
+                try:
+                    self._open()  # first contact: fail fast, a dead device must not stall the run
+                    return
+                except SlowLinkError as exc:
+                    # Its sshd answered, so the device is alive: the link is lossy or slow (a fault that a
+                    # killed run left applied, which the next run's sweep must still reach to undo).
+                    window = self.config.reconnect_timeout if within is None else \
+                        min(within, self.config.reconnect_timeout)
+                    log.warning("%s; retrying for up to %g s with handshake timeouts of %g s", exc, window,
+                                max(self.config.connect_timeout, DEGRADED_HANDSHAKE_TIMEOUT))
+                    slow_first_contact = self.begin_degraded("a slow first contact", window)
+            try:
+                self._retry_open(within)
+            finally:
+                if slow_first_contact is not None:
+                    self.end_degraded(slow_first_contact)
+
+    def _retry_open(self, within: float | None) -> None:
+        """Open the session, retrying a while: the device may be rebooting or the link flapping."""
+        with self._lock:
             link = self._degraded_link()
             if link is not None:
                 # A fault said the link is bad until its deadline: retry until then, whatever the caller's
@@ -369,6 +388,7 @@ class SshTransport:
         t = self._timeouts()[1]
         host_entry = endpoint.hostname if endpoint.port == 22 else f"[{endpoint.hostname}]:{endpoint.port}"
         started = Deadline.after(None)
+        sock: socket.socket | paramiko.Channel | None = None
         try:
             sock = self._dial(endpoint, jumps)
             # Keys from devices.toml or IdentityFile, then the ssh-agent, then ~/.ssh/id_*, then a password.
@@ -393,8 +413,8 @@ class SshTransport:
             client.close()
             if "timeout" in str(exc).lower():
                 # Not a refusal: the device did not finish authenticating in time (a lossy or slow link).
-                raise ConnectError(f"{where}: authentication did not complete within {started.elapsed():.1f} s "
-                                   f"(allowed {t:g} s; slow or lossy link?)") from None
+                raise SlowLinkError(f"{where}: authentication did not complete within {started.elapsed():.1f} s "
+                                    f"(allowed {t:g} s; slow or lossy link?)") from None
             raise AuthError(f"{where}: authentication refused ({exc}); check the user, the key (ssh.key or "
                             "IdentityFile) or the ssh-agent, or ssh.password") from None
         except paramiko.SSHException as exc:
@@ -404,9 +424,14 @@ class SshTransport:
                     f"{where}: host key is unknown (not in {known}); pin it first, e.g. "
                     f"`ssh-keyscan -p {endpoint.port} {endpoint.hostname} >> {endpoint.known_hosts[0]}` "
                     "after checking its fingerprint") from None
-            raise ConnectError(f"{where}: SSH handshake failed: {exc}") from None
+            # Its sshd was reached, so a failed handshake means a bad link more likely than a dead device.
+            error = ConnectError if sock is None else SlowLinkError
+            raise error(f"{where}: SSH handshake failed after {started.elapsed():.1f} s: {exc}") from None
         except TimeoutError:
             client.close()
+            if sock is not None:
+                raise SlowLinkError(f"{where}: the SSH handshake did not finish within {started.elapsed():.1f} s "
+                                    f"(allowed {t:g} s; slow or lossy link?)") from None
             raise ConnectError(f"{where}: no answer within {started.elapsed():.1f} s "
                                "(device off, cable out, wrong address?)") from None
         except OSError as exc:
