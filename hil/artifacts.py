@@ -21,6 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from hil.checks import budget_keys
 from hil.errors import ArtifactRejected, ConfigError
 
 MANIFEST = "manifest.toml"
@@ -30,8 +31,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,62}")
 # The first onnxruntime release that runs each ONNX opset (from onnxruntime's compatibility table).
 OPSET_MIN_ORT = {17: "1.13", 18: "1.14", 19: "1.16", 20: "1.17", 21: "1.20", 22: "1.20", 23: "1.22"}
-BUDGET_KEYS = {"latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "cold_start_ms",
-               "memory_mib", "accuracy_top1", "throughput_ips", "accuracy_top1_at_20db_snr"}
+BUDGET_KEYS = set(budget_keys())  # the keys a [budgets.TAG] table may set: the registry's (hil.checks)
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,8 @@ from hil.budgets import (
     InconclusiveMeasurement,
     Measurement,
     Verdict,
+    check_budget,
     check_cv,
-    check_max,
-    check_min,
     check_percentile,
     combine,
 )
@@ -72,12 +71,11 @@ def verdicts(run: LatencyRun, summary: LatencySummary, spec: BudgetSpec,
     out = [(combine(check_percentile(judged, q, limit, CONFIDENCE, looks=looks,
                                            name=f"latency_p{q:g}_ms"), cv, judged, looks), source)
            for q, limit, source in limits]
-    singles = (("cold_start_ms", run.session.create_ms + run.cold_start_ms, "ms", check_max),
-               ("memory_mib", run.memory.peak_rss_mib, "MiB", check_max),
-               ("throughput_ips", summary.throughput_ips, "ips", check_min))
-    for key, value, unit, check in singles:
+    singles = (("cold_start_ms", run.session.create_ms + run.cold_start_ms),
+               ("memory_mib", run.memory.peak_rss_mib), ("throughput_ips", summary.throughput_ips))
+    for key, value in singles:  # unit and ceiling-or-floor from the registry (hil.checks)
         if getattr(spec, key) is not None:
-            out.append((check(key, value, getattr(spec, key), unit), spec.source(key) or "manifest"))
+            out.append((check_budget(key, value, getattr(spec, key)), spec.source(key) or "manifest"))
     return out
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from hil import checks
 from hil.errors import ConfigError, HilError, ProductFailure
 from hil.stats import (
     DEFAULT_CONFIDENCE,
@@ -46,6 +47,7 @@ __all__ = [
     "assert_budget",
     "budgets_for_tags",
     "check_adaptive",
+    "check_budget",
     "check_cv",
     "check_max",
     "check_min",
@@ -290,10 +292,12 @@ def assert_budget(measurement: Measurement, context: Context | None = None) -> M
 
 # -- budget specs from a manifest ---------------------------------------------------------------------
 
-# Keys whose limit is a ceiling (lower is stricter) and a floor (higher is stricter).
-_CEILINGS = ("latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "cold_start_ms", "memory_mib")
-_FLOORS = ("accuracy_top1", "throughput_ips", "accuracy_top1_at_20db_snr")
-PERCENTILE_KEYS = {50.0: "latency_p50_ms", 90.0: "latency_p90_ms", 95.0: "latency_p95_ms", 99.0: "latency_p99_ms"}
+# From the registry (hil.checks): the keys whose limit is a ceiling (lower is better, so a smaller limit
+# is stricter) and those whose limit is a floor, and the latency percentiles among them.
+_BUDGETS = {c.name: c for c in checks.budget_checks()}
+_CEILINGS = tuple(key for key, c in _BUDGETS.items() if c.better == "lower")
+_FLOORS = tuple(key for key, c in _BUDGETS.items() if c.better == "higher")
+PERCENTILE_KEYS = {q: key for key in _BUDGETS if (q := checks.quantile(key)) is not None}
 
 
 @dataclass(frozen=True)
@@ -314,7 +318,7 @@ class BudgetSpec:
     accuracy_top1_at_20db_snr: float | None = None  # robustness: top-1 with Gaussian sensor noise at 20 dB SNR
     sources: tuple[tuple[str, str], ...] = ()
 
-    KEYS = _CEILINGS + _FLOORS
+    KEYS = tuple(_BUDGETS)  # registry order: the ceilings come first
 
     @property
     def percentile_limits(self) -> dict[float, float]:
@@ -332,6 +336,13 @@ class BudgetSpec:
 
     def __bool__(self) -> bool:
         return bool(self.limits())
+
+
+# The fields stay typed attributes (suites read budgets.memory_mib), so they cannot be generated from the
+# registry; a budget key added to or removed from hil.checks without its field fails here, at import.
+if {f.name for f in dataclasses.fields(BudgetSpec)} - {"sources"} != set(BudgetSpec.KEYS):
+    raise RuntimeError(f"hil.budgets.BudgetSpec fields do not match the budget keys of hil.checks "
+                       f"({', '.join(BudgetSpec.KEYS)}): add or remove a field")
 
 
 def budgets_for_tags(manifest_budgets: Mapping[str, Mapping[str, float]], tags: Iterable[str]) -> BudgetSpec:
@@ -359,6 +370,12 @@ def budgets_for_tags(manifest_budgets: Mapping[str, Mapping[str, float]], tags: 
     return BudgetSpec(**merged, sources=tuple(sorted(sources.items())))
 
 
+def check_budget(key: str, value: float, limit: float) -> Measurement:
+    """A single-value budget: compared as the registry says (a ceiling or a floor), in the registry's unit."""
+    entry = _BUDGETS[key]
+    return (check_max if entry.better == "lower" else check_min)(key, value, limit, entry.unit)
+
+
 def evaluate(spec: BudgetSpec, latencies_ms: npt.ArrayLike | None = None, cold_start_ms: float | None = None,
              memory_mib: float | None = None, accuracy_top1: float | None = None,
              throughput_ips: float | None = None, confidence: float = DEFAULT_CONFIDENCE,
@@ -376,10 +393,10 @@ def evaluate(spec: BudgetSpec, latencies_ms: npt.ArrayLike | None = None, cold_s
                                                     name=PERCENTILE_KEYS[q]), cv))
         if throughput_ips is None:
             throughput_ips = summarize(latencies_ms).throughput_ips
-    singles = (("cold_start_ms", cold_start_ms, "ms", check_max), ("memory_mib", memory_mib, "MiB", check_max),
-               ("accuracy_top1", accuracy_top1, "", check_min), ("throughput_ips", throughput_ips, "ips", check_min))
-    for key, value, unit, check in singles:
+    singles = (("cold_start_ms", cold_start_ms), ("memory_mib", memory_mib), ("accuracy_top1", accuracy_top1),
+               ("throughput_ips", throughput_ips))
+    for key, value in singles:
         limit = getattr(spec, key)
         if limit is not None and value is not None:
-            results.append(check(key, value, limit, unit))
+            results.append(check_budget(key, value, limit))
     return results

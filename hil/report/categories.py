@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from hil import checks
+
 INFRASTRUCTURE = "Device unreachable / lab infrastructure"
 DEPLOY_REJECTED = "Deploy rejected (integrity)"
 RUNTIME_INCOMPATIBLE = "Runtime incompatibility (provider or opset)"
@@ -25,7 +27,8 @@ INCONCLUSIVE = "Inconclusive measurement"
 _ANY = r"[\s\S]*"  # the message may span lines; no regex flag is portable across Allure versions
 _INFRA_TYPES = ("InfraError", "LabError", "TransportError", "ConnectError", "AuthError", "HostKeyError",
                 "ConnectionLost", "CommandTimeout", "DeviceUnhealthy", "DeployError", "DeviceBusy", "RunnerCrashed")
-_LATENCY_CHECKS = r"(latency_p\d+_ms|cold_start_ms|throughput_ips)"
+# The timing-sensitive checks of the registry (latency, cold start, throughput), as one alternation.
+_LATENCY_CHECKS = "(" + "|".join(c.regex for c in checks.CHECKS if c.timing) + ")"
 _ACCURACY_CHECKS = (r"(accuracy_\w+|relative_accuracy\w*|max_abs_error|min_cosine_similarity|top1_agreement"
                     r"|int8_vs_fp32\w*)")
 

@@ -34,20 +34,10 @@ A regression is a change beyond BOTH a tolerance AND the noise, never a flat per
 
 A check whose verdict went PASS -> FAIL is a regression whatever the numbers say.
 
-Tolerance defaults (the first matching row wins; `better` says which direction is worse):
-
-    latency_cv_pct          50% relative      the timings' spread: itself noisy, and as much the lab's as the model's
-    latency_*               10% relative      latency percentiles (with raw samples the bootstrap must agree too)
-    cold_start_ms           25% relative      one sample per run: no noise estimate, and cold starts are noisy
-    memory_mib              10% relative
-    throughput_ips          10% relative
-    max_abs_error           10% of its limit  deterministic (same model and environment give the same outputs), so
-                                              any change is real: what matters is how much of the budget it uses
-                                              (no limit recorded: 100% relative, i.e. it doubled)
-    min_cosine_similarity   0.00001 absolute  deterministic too: a tenth of the 1 - 0.9999 margin the suite allows
-    accuracy_*, *agreement* 0.005 absolute    fractions on a fixed data set (0.005 is 5 in 1000 samples)
-    any other check with unit "" and both values in [0, 1]: 0.005 absolute (a fraction)
-    anything else           10% relative
+Tolerance defaults come from the registry of checks, hil.checks (docs/checks.md lists each check's
+and why): the check's own, else, for a check the registry does not cover, an absolute one for a
+fraction (no unit, both values in [0, 1]) and a relative one for anything else. `better` (from the
+check's comparator) says which direction is worse.
 
 --tolerance NAME=10% (relative to the baseline) or NAME=0.5 (absolute, in the check's unit) overrides
 them; NAME may be an fnmatch pattern ('latency_*'). An exact name beats a pattern; among patterns the
@@ -75,6 +65,10 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
+from hil import checks
+from hil.checks import FALLBACK_TOLERANCE as FALLBACK_TOLERANCE  # re-exported: the registry owns tolerances
+from hil.checks import FRACTION_TOLERANCE as FRACTION_TOLERANCE
+from hil.checks import Tolerance as Tolerance
 from hil.errors import ConfigError
 from hil.report.files import write_bytes_atomic
 from hil.report.summary import SCHEMA
@@ -109,46 +103,6 @@ _ORDER = {status: i for i, status in enumerate(Status)}
 # -- tolerances --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Tolerance:
-    """How far a check may move before the move counts.
-
-    kind "relative": value x |baseline| (0.1 is 10%); "absolute": value in the check's unit;
-    "limit": value x |limit| (falls back to 100% relative when the check has no limit).
-    """
-
-    value: float
-    kind: str = "relative"
-
-    def amount(self, baseline: float, limit: float | None = None) -> float:
-        """The tolerance in the check's unit for this baseline value."""
-        if self.kind == "absolute":
-            return self.value
-        if self.kind == "limit":
-            return self.value * abs(limit) if limit is not None else abs(baseline)
-        return self.value * abs(baseline)
-
-    def __str__(self) -> str:
-        if self.kind == "absolute":
-            return f"{self.value:g}"
-        return f"{self.value * 100:g}%" + (" of the limit" if self.kind == "limit" else "")
-
-
-DEFAULT_TOLERANCES: tuple[tuple[str, Tolerance], ...] = (
-    ("latency_cv_pct", Tolerance(0.50)),
-    ("latency_*", Tolerance(0.10)),
-    ("cold_start_ms", Tolerance(0.25)),
-    ("memory_mib", Tolerance(0.10)),
-    ("throughput_ips", Tolerance(0.10)),
-    ("max_abs_error", Tolerance(0.10, "limit")),
-    ("min_cosine_similarity", Tolerance(1e-5, "absolute")),
-    ("accuracy_*", Tolerance(0.005, "absolute")),
-    ("*agreement*", Tolerance(0.005, "absolute")),
-)
-FRACTION_TOLERANCE = Tolerance(0.005, "absolute")
-FALLBACK_TOLERANCE = Tolerance(0.10)
-
-
 def parse_tolerance(text: str) -> tuple[str, Tolerance]:
     """'latency_*=10%' -> ('latency_*', 10% relative); 'accuracy_top1=0.01' -> absolute 0.01."""
     name, sep, raw = text.partition("=")
@@ -176,19 +130,14 @@ def parse_tolerances(texts: Iterable[str]) -> dict[str, Tolerance]:
 
 def tolerance_for(check: str, unit: str, values: Iterable[float],
                   overrides: Mapping[str, Tolerance] | None = None) -> Tolerance:
-    """The tolerance of a check: an override (exact name, else the last matching pattern), else the defaults."""
+    """The tolerance of a check: an override (exact name, else the last matching pattern), else the registry's."""
     overrides = overrides or {}
     if check in overrides:
         return overrides[check]
     for pattern, tolerance in reversed(overrides.items()):
         if fnmatch.fnmatchcase(check, pattern):
             return tolerance
-    for pattern, tolerance in DEFAULT_TOLERANCES:
-        if fnmatch.fnmatchcase(check, pattern):
-            return tolerance
-    if unit == "" and all(0.0 <= v <= 1.0 for v in values):
-        return FRACTION_TOLERANCE
-    return FALLBACK_TOLERANCE
+    return checks.default_tolerance(check, unit, values)
 
 
 # -- the bootstrap -----------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, PercentFormatter
 
+from hil import checks
 from hil.budgets import format_value
 from hil.stats import Verdict, as_samples, nearest_rank
 
@@ -106,8 +107,7 @@ class PercentileMark:
 
 def percentile_marks(measurements: Iterable[Measurement]) -> list[PercentileMark]:
     """Marks for the latency percentile measurements among `measurements` (e.g. budgets.evaluate's)."""
-    return [PercentileMark.from_measurement(m) for m in measurements
-            if m.name.startswith("latency_p") and _QUANTILE_IN_NAME.search(m.name)]
+    return [PercentileMark.from_measurement(m, q) for m in measurements if (q := checks.quantile(m.name)) is not None]
 
 
 # -- public figures ----------------------------------------------------------------------------------
