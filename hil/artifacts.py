@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from hil.checks import budget_keys
 from hil.errors import ArtifactRejected, ConfigError
+from hil.eval_contract import EvalContract, parse_contract, verify_files
 
 MANIFEST = "manifest.toml"
 MODEL = "model.onnx"
@@ -60,13 +61,20 @@ class Manifest:
     outputs: tuple[TensorSpec, ...]
     providers: tuple[str, ...] = ()
     budgets: dict[str, dict[str, float]] = field(default_factory=dict)
+    eval: EvalContract | None = None  # how to judge the model: eval data, task, reference (hil.eval_contract)
     signature: Signature | None = None
 
     def canonical(self) -> bytes:
         """What the signature covers: everything but the signature, as sorted compact JSON."""
         data = asdict(self)
         data.pop("signature")
+        if data["eval"] is None:  # manifests signed before [eval] existed keep their signature
+            data.pop("eval")
         return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+    @property
+    def dim_names(self) -> set[str]:
+        return {d for t in self.inputs for d in t.shape if isinstance(d, str)}
 
     def to_toml(self) -> str:
         data: dict[str, Any] = {
@@ -75,6 +83,8 @@ class Manifest:
             "inputs": [_tensor_table(t) for t in self.inputs], "outputs": [_tensor_table(t) for t in self.outputs],
             "budgets": self.budgets,
         }
+        if self.eval is not None:
+            data["eval"] = self.eval.to_table()
         if self.signature is not None:
             data["signature"] = asdict(self.signature)
         return tomli_w.dumps(data)
@@ -168,7 +178,7 @@ def parse_manifest(text: str, where: Path) -> Manifest:
     except tomllib.TOMLDecodeError as exc:
         raise _reject(where, f"manifest is not valid TOML: {exc}") from None
     allowed = {"name", "version", "sha256", "size", "opset", "min_onnxruntime", "providers", "inputs", "outputs",
-               "budgets", "signature"}
+               "budgets", "eval", "signature"}
     for key in raw:
         if key not in allowed:
             raise _reject(where, f"unknown manifest key '{key}'")
@@ -190,11 +200,15 @@ def parse_manifest(text: str, where: Path) -> Manifest:
                 and all(isinstance(v, str) for v in sig.values())):
             raise _reject(where, "manifest signature must have key_id, value and algorithm")
         signature = Signature(sig["key_id"], sig["value"], sig["algorithm"])
+    inputs, outputs = _tensors(where, raw.get("inputs"), "inputs"), _tensors(where, raw.get("outputs"), "outputs")
+    contract = None
+    if "eval" in raw:
+        contract = parse_contract(where, raw["eval"], tuple(t.name for t in inputs), tuple(t.name for t in outputs),
+                                  {d for t in inputs for d in t.shape if isinstance(d, str)})
     return Manifest(
         name=raw["name"], version=raw["version"], sha256=raw["sha256"], size=raw["size"], opset=raw["opset"],
-        min_onnxruntime=raw["min_onnxruntime"], inputs=_tensors(where, raw.get("inputs"), "inputs"),
-        outputs=_tensors(where, raw.get("outputs"), "outputs"), providers=tuple(providers),
-        budgets=_budgets(where, raw.get("budgets", {})), signature=signature)
+        min_onnxruntime=raw["min_onnxruntime"], inputs=inputs, outputs=outputs, providers=tuple(providers),
+        budgets=_budgets(where, raw.get("budgets", {})), eval=contract, signature=signature)
 
 
 def load_artifact(directory: Path | str) -> Artifact:
@@ -245,11 +259,13 @@ def generate_key_pair(private_path: Path, public_path: Path) -> None:
 
 
 def sign(directory: Path, private_key: Ed25519PrivateKey) -> Manifest:
-    """Sign the artifact's manifest in place (re-hashing the model first, so the signature binds it)."""
+    """Sign the artifact's manifest in place (re-hashing the model and the eval files first, so the
+    signature binds them)."""
     artifact = load_artifact(directory)
     model = artifact.model_path
+    contract = artifact.manifest.eval.hashed(directory) if artifact.manifest.eval else None
     manifest = Manifest(**{**artifact.manifest.__dict__, "sha256": sha256_file(model),
-                           "size": model.stat().st_size, "signature": None})
+                           "size": model.stat().st_size, "eval": contract, "signature": None})
     value = base64.b64encode(private_key.sign(manifest.canonical())).decode()
     signed = Manifest(**{**manifest.__dict__, "signature": Signature(key_id(private_key.public_key()), value)})
     (directory / MANIFEST).write_text(signed.to_toml(), encoding="utf-8")
@@ -295,9 +311,11 @@ def verify_model_bytes(artifact: Artifact) -> None:
 
 
 def verify(artifact: Artifact, trusted: list[Ed25519PublicKey]) -> str:
-    """Signature, then model bytes. Raises ArtifactRejected naming the check that failed."""
+    """Signature, then model bytes, then the eval files. Raises ArtifactRejected naming what failed."""
     signer = verify_signature(artifact, trusted)
     verify_model_bytes(artifact)
+    if artifact.manifest.eval is not None:
+        verify_files(artifact.directory, artifact.manifest.eval, artifact.label)
     return signer
 
 
@@ -330,13 +348,44 @@ def describe_model(model: Path) -> tuple[int, tuple[TensorSpec, ...], tuple[Tens
     return opset, inputs, tuple(spec(v) for v in proto.graph.output)
 
 
-def init_manifest(directory: Path, name: str, version: str, providers: tuple[str, ...] = (),
-                  budgets: dict[str, dict[str, float]] | None = None) -> Manifest:
-    """Write an unsigned manifest for directory/model.onnx."""
+def init_manifest(directory: Path, name: str | None = None, version: str | None = None,
+                  providers: tuple[str, ...] | None = None, budgets: dict[str, dict[str, float]] | None = None,
+                  eval: dict[str, Any] | None = None) -> Manifest:
+    """Write an unsigned manifest for directory/model.onnx.
+
+    Over an existing manifest, what is not given is kept: name, version, providers, every budget not
+    named in `budgets` (a value of 0 removes that budget), every [eval] key not in `eval` (None removes
+    it). The model's description (opset, inputs, outputs) is always read again from the model.
+    """
     model = directory / MODEL
     opset, inputs, outputs = describe_model(model)
-    manifest = Manifest(name=name, version=version, sha256=sha256_file(model), size=model.stat().st_size,
-                        opset=opset, min_onnxruntime=min_onnxruntime_for(opset), inputs=inputs, outputs=outputs,
-                        providers=providers, budgets=budgets or {})
+    old = parse_manifest((directory / MANIFEST).read_text(encoding="utf-8"), directory / MANIFEST) \
+        if (directory / MANIFEST).is_file() else None
+    name = name or (old.name if old else None)
+    version = version or (old.version if old else None)
+    if not name or not version:
+        raise ConfigError(f"{directory}: no manifest yet, so --name and --version are needed")
+    merged = {tag: dict(limits) for tag, limits in (old.budgets if old else {}).items()}
+    for tag, limits in (budgets or {}).items():
+        for key, value in limits.items():
+            if value:
+                merged.setdefault(tag, {})[key] = value
+            else:
+                merged.get(tag, {}).pop(key, None)
+    merged = {tag: limits for tag, limits in merged.items() if limits}
+    contract = None
+    table = {**(old.eval.to_table() if old and old.eval else {}), **(eval or {})}
+    # The hashes are written by sign, never carried over from a manifest of other files.
+    table = {k: v for k, v in table.items() if v is not None and k not in ("files", "parent_sha256")}
+    draft = Manifest(name=name, version=version, sha256=sha256_file(model), size=model.stat().st_size,
+                     opset=opset, min_onnxruntime=min_onnxruntime_for(opset), inputs=inputs, outputs=outputs,
+                     providers=providers if providers is not None else (old.providers if old else ()),
+                     budgets=merged)
+    if table:
+        contract = parse_contract(directory / MANIFEST, table, tuple(t.name for t in inputs),
+                                  tuple(t.name for t in outputs), draft.dim_names)
+        contract.hashed(directory)  # the files it names must exist inside the artifact now, not at deploy
+    manifest = Manifest(**{**draft.__dict__, "eval": contract})
+    _budgets(directory / MANIFEST, manifest.budgets)  # the same check as reading it back
     (directory / MANIFEST).write_text(manifest.to_toml(), encoding="utf-8")
     return manifest

@@ -270,10 +270,11 @@ def _loop_timeout(seconds: float) -> float:
     return STARTUP_S + WRAP_UP_S + 2 * seconds
 
 
-def _inputs(device: Device, npz: Path | None, key: str | None) -> dict[str, Any] | None:
+def _inputs(device: Device, npz: Path | None, key: str | None,
+            keys: Mapping[str, str] | None = None) -> dict[str, Any] | None:
     if npz is None:
         return None
-    return {"npz": ship_inputs(device, Path(npz)), "key": key}
+    return {"npz": ship_inputs(device, Path(npz)), "key": key, "keys": dict(keys or {})}
 
 
 # -- public API -------------------------------------------------------------------------------------
@@ -283,14 +284,16 @@ def run_latency(deployed: DeployedModel, *, batch: int = 1, warmup: int = 50, mi
                 min_duration_s: float = 2.0, max_iterations: int | None = None, max_duration_s: float | None = None,
                 threads: int | None = None, stop_when: StopWhen | None = None, seed: int = 0,
                 inputs_npz: Path | None = None, input_key: str | None = None,
+                input_keys: Mapping[str, str] | None = None, dims: Mapping[str, int] | None = None,
                 session: SessionSettings | None = None, telemetry_interval_s: float = 0.5,
                 timeout: float | None = None) -> LatencyRun:
     """Cold start, `warmup` runs, then a timed loop until both minimums are met (MLPerf LoadGen style).
 
     With `stop_when`, the loop continues past the minimums until the verdict is decided or a
     maximum is hit; without a maximum it is capped at 10x min_duration_s (at least 10 s).
-    `threads` sets intra-op threads (None: onnxruntime's default). Inputs are seeded random data
-    unless `inputs_npz` (and `input_key` for a single-input model) is given.
+    `threads` sets intra-op threads (None: onnxruntime's default). Inputs are rows of `inputs_npz`
+    (`input_key` for a single-input model, or `input_keys`: input name -> array key), else seeded random
+    data whose named dimensions take their values from `dims` (1 when not given).
     """
     if stop_when is not None and max_iterations is None and max_duration_s is None:
         # A duration cap, not a count: a count below what min_duration_s needs would end the loop before any look.
@@ -299,7 +302,7 @@ def run_latency(deployed: DeployedModel, *, batch: int = 1, warmup: int = 50, mi
               "batch": batch, "warmup": warmup, "min_iterations": min_iterations, "min_duration_s": min_duration_s,
               "max_iterations": max_iterations, "max_duration_s": max_duration_s, "seed": seed,
               "stop_when": asdict(stop_when) if stop_when else None, "telemetry_interval_s": telemetry_interval_s,
-              "inputs": _inputs(deployed.device, inputs_npz, input_key)}
+              "inputs": _inputs(deployed.device, inputs_npz, input_key, input_keys), "dims": dict(dims or {})}
     timeout = timeout or _loop_timeout(max_duration_s or max(min_duration_s, 1.0))
     run = _invoke(deployed, config, timeout)
     result = LatencyRun.parse(_context(deployed, run.report, run.seconds), run.report, batch)
@@ -312,13 +315,14 @@ def run_latency(deployed: DeployedModel, *, batch: int = 1, warmup: int = 50, mi
 
 
 def run_eval(deployed: DeployedModel, inputs_npz: Path, input_key: str | None = None, *, batch: int = 64,
-             threads: int | None = None, session: SessionSettings | None = None,
-             timeout: float | None = None) -> EvalRun:
-    """Run every row of `inputs_npz[input_key]` through the model on the device; outputs come back as arrays."""
+             input_keys: Mapping[str, str] | None = None, threads: int | None = None,
+             session: SessionSettings | None = None, timeout: float | None = None) -> EvalRun:
+    """Run every row of `inputs_npz[input_key]` (or, per input, of `input_keys`: input name -> array key)
+    through the model on the device; outputs come back as arrays."""
     device = deployed.device
     remote_npz = ship_inputs(device, Path(inputs_npz))
     config = {"mode": "eval", **_session_config(deployed, threads, session or SessionSettings()),
-              "eval": {"npz": remote_npz, "key": input_key, "batch": batch}}
+              "eval": {"npz": remote_npz, "key": input_key, "keys": dict(input_keys or {}), "batch": batch}}
     size_mib = Path(inputs_npz).stat().st_size / 2**20
     run = _invoke(deployed, config, timeout or STARTUP_S + WRAP_UP_S + 120 + 2 * size_mib, keep_dir=True)
     try:
