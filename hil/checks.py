@@ -166,6 +166,10 @@ CHECKS: tuple[Check, ...] = (
           "largest absolute difference from the reference outputs",
           why_tolerance="deterministic (same model and environment, same outputs), so any change is real: what "
                         "matters is how much of the limit it uses (no limit recorded: 100% relative, it doubled)"),
+    Check("mean_abs_error", "", "lower", Tolerance(0.10, "limit"),
+          "regression: mean absolute error of the outputs against the labels (limit: the [eval] tolerance)",
+          why_tolerance="deterministic on the same model, data and environment: what matters is how much of "
+                        "the tolerance it uses"),
     Check("min_cosine_similarity", "", "higher", Tolerance(1e-5, "absolute"),
           "cosine similarity to the reference outputs, of the worst sample",
           why_tolerance="deterministic too: a tenth of the 1 - 0.9999 margin the accuracy suite allows"),

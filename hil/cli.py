@@ -175,11 +175,68 @@ def _progress_printer(label: str) -> Callable[[int, int], None]:
     return show
 
 
+def _budget_options(items: list[str]) -> dict[str, dict[str, float]]:
+    """['rpi.latency_p99_ms=20', 'rpi.memory_mib='] -> {'rpi': {'latency_p99_ms': 20.0, 'memory_mib': 0.0}}
+    (0 or nothing after '=' removes that budget)."""
+    budgets: dict[str, dict[str, float]] = {}
+    for item in items:
+        target, sep, value = item.partition("=")
+        tag, dot, key = target.partition(".")
+        try:
+            number = float(value) if value else 0.0
+        except ValueError:
+            number = -1.0
+        if not sep or not dot or not tag or not key or number < 0:
+            raise ConfigError(f"--budget '{item}' is not TAG.KEY=NUMBER (e.g. rpi.latency_p99_ms=20; "
+                              "TAG.KEY= removes it); the keys are listed in docs/checks.md")
+        budgets.setdefault(tag, {})[key] = number
+    return budgets
+
+
+def _eval_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The [eval] keys given on the command line (the others are kept from the manifest)."""
+    from hil.eval_contract import parse_dims
+
+    given: dict[str, Any] = {"data": args.eval_data, "task": args.task, "labels": args.labels,
+                             "output": args.output, "top_k": args.top_k, "tolerance": args.tolerance,
+                             "reference": args.reference, "agreement": args.agreement, "parent": args.parent}
+    if args.input_key:
+        given["inputs"] = _input_keys(args)
+    if args.dim:
+        given["dims"] = parse_dims(args.dim, "--dim")
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _input_keys(args: argparse.Namespace) -> dict[str, str]:
+    from hil.artifacts import describe_model
+
+    keys: dict[str, str] = {}
+    for item in args.input_key:
+        name, sep, key = item.partition("=")
+        if not sep:  # KEY alone: the model's only input
+            inputs = describe_model(Path(args.dir) / "model.onnx")[1]
+            if len(inputs) != 1:
+                raise ConfigError(f"--input-key {item}: the model has {len(inputs)} inputs "
+                                  f"({', '.join(t.name for t in inputs)}); give INPUT=KEY for each")
+            name, key = inputs[0].name, item
+        keys[name] = key
+    return keys
+
+
 def cmd_artifact_init(args: argparse.Namespace, inventory: Inventory | None) -> int:
     from hil.artifacts import init_manifest
+    from hil.errors import ArtifactRejected
 
-    manifest = init_manifest(Path(args.dir), args.name, args.version, tuple(args.provider))
-    print(f"wrote {Path(args.dir) / 'manifest.toml'} for {manifest.label} (opset {manifest.opset}); sign it next")
+    try:
+        manifest = init_manifest(Path(args.dir), args.name, args.version,
+                                 tuple(args.provider) if args.provider else None, _budget_options(args.budget),
+                                 _eval_options(args))
+    except ArtifactRejected as exc:  # bad input on the command line, not a rejected release
+        raise ConfigError(str(exc)) from None
+    contract = f", eval: {manifest.eval.task} on {manifest.eval.data}" if manifest.eval else ", no [eval]"
+    budgets = sum(len(v) for v in manifest.budgets.values())
+    print(f"wrote {Path(args.dir) / 'manifest.toml'} for {manifest.label} (opset {manifest.opset}, "
+          f"{budgets} budget(s){contract}); sign it next")
     return 0
 
 
@@ -350,11 +407,15 @@ def cmd_bench(args: argparse.Namespace, inventory: Inventory) -> int:
         limits = bench.percentile_limits(spec, extra)
         threads = args.threads or bench.threads_for(device)
         stop = bench.adaptive_stop(limits, args.max_iterations)
+        from hil.eval_contract import parse_dims
+        from hil.evaluation import latency_inputs
+
+        inputs = latency_inputs(artifact, parse_dims(args.dim, "--dim") or None)
         run = run_latency(DeployedModel(device, artifact, result), batch=args.batch, warmup=args.warmup,
                           min_iterations=args.min_iterations, min_duration_s=args.min_duration,
                           max_iterations=args.max_iterations if stop else None,
                           max_duration_s=args.max_duration if stop else None, threads=threads,
-                          stop_when=StopWhen(stop.q, stop.limit_ms, bench.CONFIDENCE) if stop else None)
+                          stop_when=StopWhen(stop.q, stop.limit_ms, bench.CONFIDENCE) if stop else None, **inputs)
         warnings = device.timing_warnings()
     finally:
         device.close()
@@ -374,6 +435,60 @@ def cmd_bench(args: argparse.Namespace, inventory: Inventory) -> int:
     for message in doc["messages"]:
         print(f"hil: {message}", file=sys.stderr)
     return {"FAIL": EXIT_FAILED, "INCONCLUSIVE": EXIT_INCONCLUSIVE}.get(str(doc["verdict"]), 0)
+
+
+def cmd_eval(args: argparse.Namespace, inventory: Inventory) -> int:
+    """Deploy, run the artifact's eval contract on the device, judge it; exit 0 PASS, 1 FAIL, 4 INCONCLUSIVE."""
+    from hil.artifacts import load_artifact
+    from hil.budgets import Verdict, budgets_for_tags
+    from hil.deploy import DeployedModel, deploy, trusted_keys
+    from hil.evaluation import (
+        NoEvalContract,
+        accuracy_checks,
+        contract_of,
+        evaluate,
+        parent_of,
+        relative_accuracy_check,
+    )
+
+    artifact = load_artifact(Path(args.dir))
+    try:
+        contract = contract_of(artifact)
+    except NoEvalContract as exc:
+        raise ConfigError(str(exc)) from None
+    device = _device(inventory, args.name)
+    keys = trusted_keys(inventory.deploy)
+    settings = inventory.deploy
+    try:
+        def deployed(what: Any) -> DeployedModel:
+            return DeployedModel(device, what, deploy(device, what, keys, keep=settings.keep_versions,
+                                                      margin_bytes=settings.free_space_margin_bytes))
+
+        evaluation = evaluate(deployed(artifact))
+        judged = accuracy_checks(evaluation, budgets_for_tags(artifact.manifest.budgets, device.config.tags))
+        if contract.parent is not None:
+            parent = parent_of(artifact)
+            judged.checks.append(relative_accuracy_check(evaluation, evaluate(deployed(parent))))
+            deployed(artifact)  # leave the model under test active
+    finally:
+        device.close()
+    verdicts = {m.verdict for m in judged.checks}
+    verdict = Verdict.FAIL if Verdict.FAIL in verdicts else \
+        Verdict.INCONCLUSIVE if Verdict.INCONCLUSIVE in verdicts else Verdict.PASS if verdicts else None
+    m = artifact.manifest
+    doc = {"device": device.name, "emulated": device.config.emulated, "model": m.name, "version": m.version,
+           "sha256": m.sha256, "task": contract.task, "data": contract.data, "samples": judged.samples,
+           "checks": [c.to_dict() for c in judged.checks], "metrics": judged.metrics,
+           "verdict": verdict.value if verdict else None}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"{device.name}: {m.name} {m.version} (sha256 {m.sha256}), {contract.task} on {contract.data}, "
+              f"{judged.samples} samples\n")
+        rows = [[c.verdict.value, str(c)] for c in judged.checks]
+        rows += [["-", f"{name} = {value:.6g} (no budget)"] for name, value in judged.metrics.items()]
+        print(_table(rows, ["VERDICT", "MEASUREMENT"]))
+    return {Verdict.FAIL: EXIT_FAILED, Verdict.INCONCLUSIVE: EXIT_INCONCLUSIVE}.get(verdict, 0) if verdict else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -428,11 +543,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     artifact = sub.add_parser("artifact", help="model artifacts: manifests and signatures").add_subparsers(
         dest="artifact_command", required=True)
-    init = artifact.add_parser("init", help="write an unsigned manifest for DIR/model.onnx")
+    init = artifact.add_parser(
+        "init", help="write an unsigned manifest for DIR/model.onnx (again: keeps what it is not told)",
+        description="Write DIR/manifest.toml. Run again to change it: what is not given is kept. "
+                    "Budget keys: docs/checks.md. The [eval] contract: docs/writing-suites.md.")
     init.add_argument("dir")
-    init.add_argument("--name", required=True)
-    init.add_argument("--version", required=True)
+    init.add_argument("--name", help="required the first time")
+    init.add_argument("--version", help="required the first time")
     init.add_argument("--provider", action="append", default=[], help="preferred execution provider, in order")
+    init.add_argument("--budget", action="append", default=[], metavar="TAG.KEY=NUMBER",
+                      help="a budget for devices tagged TAG, e.g. rpi.latency_p99_ms=20 (TAG.KEY= removes it)")
+    contract = init.add_argument_group("evaluation contract ([eval]; files must lie inside DIR)")
+    contract.add_argument("--eval-data", metavar="FILE.npz", help="eval inputs and labels, relative to DIR")
+    contract.add_argument("--input-key", action="append", default=[], metavar="INPUT=KEY",
+                          help="array of --eval-data for a model input (KEY alone for a one-input model)")
+    contract.add_argument("--task", choices=("classification", "regression", "agreement"))
+    contract.add_argument("--labels", metavar="KEY", help="array of the labels in --eval-data")
+    contract.add_argument("--output", metavar="NAME", help="the model output that is judged")
+    contract.add_argument("--top-k", type=int, help="classification: also measure top-k accuracy")
+    contract.add_argument("--tolerance", type=float, help="regression: largest acceptable mean absolute error")
+    contract.add_argument("--reference", metavar="FILE.npz", help="host reference outputs (output name -> array)")
+    contract.add_argument("--agreement", choices=("close", "exact"), help="how closely to match --reference")
+    contract.add_argument("--parent", metavar="DIR", help="an int8 model's fp32 parent artifact, relative to DIR")
+    contract.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                          help="named dimension size for latency inputs, e.g. seq=128")
     init.set_defaults(func=cmd_artifact_init, needs_inventory=False)
     keygen = artifact.add_parser("keygen", help="make an ed25519 signing key pair")
     keygen.add_argument("private")
@@ -477,7 +611,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-duration", type=float, default=30.0, metavar="S", help="an adaptive run's time cap")
     bench.add_argument("--quantile", type=float, default=99.0, help="percentile for --limit-ms (default: 99)")
     bench.add_argument("--limit-ms", type=float, default=None, help="a latency budget of your own, judged too")
+    bench.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                       help="time random inputs with this named dimension size (e.g. seq=128) instead of rows "
+                            "of the artifact's eval inputs")
     bench.set_defaults(func=cmd_bench)
+
+    ev = sub.add_parser("eval", help="accuracy on the device against the artifact's eval contract: "
+                                     "hil eval DEVICE ARTIFACT_DIR",
+                        description="Deploy, run the artifact's [eval] inputs on the device, judge the outputs "
+                                    "against its labels, reference and budgets. Exit status: 0 PASS, 1 FAIL, "
+                                    "4 INCONCLUSIVE, 2 bad input (e.g. no [eval]), 3 infrastructure.")
+    ev.add_argument("name", metavar="DEVICE")
+    ev.add_argument("dir", metavar="ARTIFACT_DIR")
+    ev.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    ev.set_defaults(func=cmd_eval)
 
     report = sub.add_parser("report", help="build the single-file HTML report from Allure results (Allure 3)")
     html.add_arguments(report)

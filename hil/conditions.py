@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hil.budgets import Measurement, Verdict
+from hil.checks import is_timing
 
 # Governors that pin the clock at its top: timings then reflect the model, not the power policy.
 STEADY_GOVERNORS = frozenset({"performance"})
 MIN_HEADROOM_C = 10.0  # closer than this to a throttling trip point, the next minute may be slower
 THROTTLING_TRIPS = ("passive", "hot", "critical")  # "active" only starts a fan
-TIMING_CHECKS = ("latency_", "cold_start", "throughput")
 
 # One shell command: "gov NAME" per governor, "zone TYPE TEMP_mC [TRIP_TYPE TRIP_mC]..." per thermal zone.
 PROBE = r"""
@@ -84,7 +84,7 @@ def timing_warnings(governors: set[str], zones: Sequence[Zone]) -> list[str]:
 def temper(measurement: Measurement, warnings: Sequence[str]) -> Measurement:
     """A timing FAIL measured under unreliable conditions is INCONCLUSIVE: the lab may be to blame."""
     if (not warnings or measurement.verdict is not Verdict.FAIL
-            or not measurement.name.startswith(TIMING_CHECKS)):
+            or not is_timing(measurement.name)):
         return measurement
     note = "would FAIL, but the device warned: " + "; ".join(warnings)
     return dataclasses.replace(measurement, verdict=Verdict.INCONCLUSIVE,

@@ -28,7 +28,8 @@ from hil.xdist_scheduling import make_scheduler
 
 log = logging.getLogger(__name__)
 
-pytest_plugins = ["hil.report.pytest_plugin"]  # summary.json, exit codes, Allure labels and categories
+# summary.json, exit codes, Allure labels and categories; the testing surface's fixtures (hil.testing)
+pytest_plugins = ["hil.report.pytest_plugin", "hil.testing_plugin"]
 
 DEFAULT_DEVICES = "devices.toml"
 _SESSION_KEY = pytest.StashKey["HilSession"]()
@@ -49,6 +50,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "default: [deploy] artifacts of devices.toml")
     group.addoption("--hil-allow-cpu-fallback", action="store_true", default=False,
                     help="deploy even when a model's execution providers are missing, running it on CPU")
+    group.addoption("--hil-dim", metavar="NAME=SIZE", action="append", default=[],
+                    help="time latency on random inputs with this named dimension (repeatable, e.g. seq=128) "
+                         "instead of rows of the artifact's eval inputs")
 
 
 @dataclass

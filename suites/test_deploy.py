@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from hil.artifacts import Artifact, load_artifact
-from hil.config import Inventory
-from hil.deploy import DeployedModel, deploy, rollback, trusted_keys
+from hil.artifacts import load_artifact
+from hil.deploy import DeployedModel, rollback
 from hil.errors import ArtifactRejected
-
-Release = Callable[[Artifact, Path, str], Artifact]
+from hil.testing import DeployTo, Releases
 
 
 def _session_io(deployed: DeployedModel) -> tuple[list[str], list[str]]:
@@ -37,27 +35,26 @@ def test_deployed_model_loads_on_the_device(deployed_model: DeployedModel) -> No
     assert sha == manifest.sha256
 
 
-def test_redeploy_sends_nothing(deployed_model: DeployedModel, hil_inventory: Inventory) -> None:
-    again = deploy(deployed_model.device, deployed_model.artifact, trusted_keys(hil_inventory.deploy))
+def test_redeploy_sends_nothing(deployed_model: DeployedModel, deploy_to: DeployTo) -> None:
+    again = deploy_to(deployed_model.device, deployed_model.artifact).result
     assert again.already_active and again.transferred_bytes == 0
 
 
 def test_rollback_restores_the_previous_version(deployed_model: DeployedModel, tmp_path: Path,
-                                                hil_inventory: Inventory, another_release: Release) -> None:
+                                                releases: Releases, deploy_to: DeployTo) -> None:
     device, original = deployed_model.device, deployed_model.artifact
-    keys = trusted_keys(hil_inventory.deploy)
-    newer = another_release(original, tmp_path / "newer", f"{original.manifest.version}-next")
+    newer = releases.make(original, tmp_path / "newer", f"{original.manifest.version}-next")
     try:
-        assert deploy(device, newer, keys).sha256 == newer.manifest.sha256
+        assert deploy_to(device, newer).result.sha256 == newer.manifest.sha256
         record = rollback(device, original.manifest.name)
         assert record.sha256 == original.manifest.sha256
         assert _session_io(deployed_model)[0] == [t.name for t in original.manifest.inputs]  # it still runs
     finally:
-        deploy(device, original, keys)  # leave the device as the other tests expect it
+        deploy_to(device, original)  # leave the device as the other tests expect it
 
 
 def test_tampered_artifact_is_rejected_and_nothing_changes(deployed_model: DeployedModel, tmp_path: Path,
-                                                           hil_inventory: Inventory) -> None:
+                                                           deploy_to: DeployTo) -> None:
     device, artifact = deployed_model.device, deployed_model.artifact
     copy = tmp_path / "tampered"
     shutil.copytree(artifact.directory, copy)
@@ -65,9 +62,24 @@ def test_tampered_artifact_is_rejected_and_nothing_changes(deployed_model: Deplo
     data[-1] ^= 0xFF
     (copy / "model.onnx").write_bytes(bytes(data))
     with pytest.raises(ArtifactRejected, match="changed after signing"):
-        deploy(device, load_artifact(copy), trusted_keys(hil_inventory.deploy))
+        deploy_to(device, load_artifact(copy))
     active = device.run(f"sha256sum {shlex.quote(deployed_model.path)}", check=True).stdout.split()[0]
     assert active == artifact.manifest.sha256
+
+
+def test_tampered_eval_data_is_rejected_naming_the_file(deployed_model: DeployedModel, tmp_path: Path,
+                                                        deploy_to: DeployTo) -> None:
+    """Eval data swapped after signing is refused like a swapped model: the contract binds its sha256."""
+    contract = deployed_model.artifact.manifest.eval
+    if contract is None:
+        pytest.skip(f"{deployed_model.artifact.label} has no [eval]: no eval data to tamper with")
+    copy = tmp_path / "tampered-eval"
+    shutil.copytree(deployed_model.artifact.directory, copy)
+    data = bytearray((copy / contract.data).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / contract.data).write_bytes(bytes(data))
+    with pytest.raises(ArtifactRejected, match=rf"eval file {re.escape(str(copy / contract.data))} .*changed after"):
+        deploy_to(deployed_model.device, load_artifact(copy))
 
 
 def test_device_reports_what_is_deployed(deployed_model: DeployedModel) -> None:

@@ -1,6 +1,6 @@
 """Sensor-fault suite: top-1 accuracy on the device as the input's SNR falls, per device x fp32 model.
 
-The eval set of the model's info.json goes through Gaussian noise (hil.faults.sensor) at each SNR
+The eval inputs of the artifact's eval contract go through Gaussian noise (hil.faults.sensor) at each SNR
 in SNR_DB and the device runs all of it in one eval run. The curve is recorded for the report
 (hil.robustness.snr_db and hil.robustness.accuracy, JSON lists of equal length) and judged:
 - at the highest SNR the accuracy is within HIGH_SNR_MAX_DROP of the clean accuracy (the
@@ -14,6 +14,7 @@ Noise power is set from the signal power of the whole eval set (a sensor's fixed
 every level uses the same seed, so the levels differ only in the noise's scale: a change between
 two points of the curve is the SNR's doing, not another draw's. int8 models are not collected: the
 curve of their fp32 parent says what the input noise does, and the accuracy suite judges int8 vs fp32.
+A contract whose task is not classification skips, saying so (top-1 is what the curve measures).
 """
 
 from __future__ import annotations
@@ -22,25 +23,18 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 
-from hil.budgets import BudgetSpec, budgets_for_tags, check_max, check_min
 from hil.deploy import DeployedModel
 from hil.faults.sensor import SensorNoise
 from hil.report.allure_io import attach_png
 from hil.report.plots import accuracy_vs_noise_png
 from hil.runner import run_eval
-from hil.stats import top1_accuracy
+from hil.testing import BudgetSpec, Evaluation, Judge, Record, check_max, check_min, top1_accuracy
 
-if TYPE_CHECKING:  # suites/conftest.py: the fixtures' types
-    from conftest import Evaluate, Judge, Record
-
-pytestmark = [pytest.mark.faults, pytest.mark.model_kind("fp32")]
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"  # info.json's paths are relative to it
+pytestmark = [pytest.mark.faults, pytest.mark.hil_eval(without="parent")]
 SNR_DB = (40.0, 30.0, 20.0, 10.0, 5.0, 0.0)  # highest first; 0 dB shows where the models break
 SEED = 20261201  # one seed for every level (see the module docstring), recorded in the report
 EVAL_BATCH = 64
@@ -84,30 +78,26 @@ class Robustness:
         yield "hil.robustness.samples", self.samples
 
 
-def _labels(info: dict[str, Any]) -> np.ndarray:
-    with np.load(FIXTURES / info["eval_data"]) as data:
-        return np.asarray(data["labels"])
-
-
-def noisy_eval_set(info: dict[str, Any], directory: Path) -> Path:
+def noisy_eval_set(evaluation: Evaluation, directory: Path) -> Path:
     """The eval inputs at every SNR level, stacked level after level in one npz: one run on the device."""
-    key = info["input"]["eval_key"]
-    with np.load(FIXTURES / info["eval_data"]) as data:
-        clean = np.asarray(data[key])
-    path = directory / f"{Path(info['eval_data']).stem}-{key}-snr.npz"
+    contract = evaluation.contract
+    path = directory / f"{evaluation.run.context.model}-{evaluation.run.context.sha256[:12]}-snr.npz"
     if not path.is_file():  # the same for every device: built once
-        np.savez(path, **{key: np.concatenate([noise_at(s).apply(clean) for s in SNR_DB])})
+        with np.load(evaluation.data.inputs_path) as data:
+            clean = {key: np.asarray(data[key]) for key in contract.inputs.values()}
+        np.savez(path, **{key: np.concatenate([noise_at(s).apply(x) for s in SNR_DB]) if x.dtype.kind == "f"
+                          else np.concatenate([x] * len(SNR_DB)) for key, x in clean.items()})
     return path
 
 
-def measure_robustness(deployed: DeployedModel, info: dict[str, Any], clean_accuracy: float, threads: int,
-                       directory: Path) -> Robustness:
-    run = run_eval(deployed, noisy_eval_set(info, directory), info["input"]["eval_key"], batch=EVAL_BATCH,
-                   threads=threads)
-    labels = _labels(info)
-    scores = np.asarray(run.outputs[info["scores_output"]]).reshape(len(SNR_DB), len(labels), -1)
+def measure_robustness(deployed: DeployedModel, evaluation: Evaluation, threads: int, directory: Path) -> Robustness:
+    run = run_eval(deployed, noisy_eval_set(evaluation, directory), input_keys=evaluation.contract.inputs,
+                   batch=EVAL_BATCH, threads=threads)
+    labels = evaluation.data.labels
+    assert labels is not None
+    scores = np.asarray(run.outputs[evaluation.contract.output]).reshape(len(SNR_DB), len(labels), -1)
     accuracy = tuple(top1_accuracy(level, labels) for level in scores)
-    return Robustness(SNR_DB, accuracy, clean_accuracy, len(labels))
+    return Robustness(SNR_DB, accuracy, top1_accuracy(evaluation.outputs, labels), len(labels))
 
 
 @pytest.fixture(scope="session")
@@ -116,23 +106,22 @@ def _robustness_runs() -> dict[tuple[str, str], Robustness]:
 
 
 @pytest.fixture
-def robustness(deployed_model: DeployedModel, model_info: dict[str, Any], device_eval: Evaluate,
-               intra_op_threads: int, report_property: Record, tmp_path_factory: pytest.TempPathFactory,
+def robustness(deployed_model: DeployedModel, evaluation: Evaluation, budgets: BudgetSpec, intra_op_threads: int,
+               report_property: Record, tmp_path_factory: pytest.TempPathFactory,
                _robustness_runs: dict[tuple[str, str], Robustness]) -> Robustness:
     """The model's robustness curve on this device, measured once and shared by the tests here."""
+    if evaluation.contract.task != "classification":
+        pytest.skip(f"the robustness curve is of top-1 accuracy; task '{evaluation.contract.task}' has none")
     key = (deployed_model.device.name, deployed_model.artifact.manifest.sha256)
     if key not in _robustness_runs:
-        clean = top1_accuracy(device_eval(deployed_model, model_info).outputs[model_info["scores_output"]],
-                              _labels(model_info))
         directory = tmp_path_factory.getbasetemp() / "sensor-faults"
         directory.mkdir(exist_ok=True)
-        _robustness_runs[key] = measure_robustness(deployed_model, model_info, clean, intra_op_threads, directory)
+        _robustness_runs[key] = measure_robustness(deployed_model, evaluation, intra_op_threads, directory)
     measured = _robustness_runs[key]
     for name, value in measured.properties():
         report_property(name, value)
     report_property("hil.seed", SEED)
-    floor = budgets_for_tags(deployed_model.artifact.manifest.budgets,
-                             deployed_model.device.config.tags).limits().get(BUDGET_KEY)
+    floor = budgets.limits().get(BUDGET_KEY)
     title = (f"{deployed_model.artifact.manifest.name} on {deployed_model.device.name}: top-1 under Gaussian "
              f"sensor noise (seed {SEED})")
     attach_png("accuracy vs noise", accuracy_vs_noise_png(measured.snr_db, measured.accuracy, title=title,

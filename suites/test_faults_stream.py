@@ -14,26 +14,34 @@ from hil.deploy import DeployedModel
 from hil.errors import InfraError
 from hil.faults.injector import FaultInjector
 from hil.runner import StreamJob, start_stream
+from hil.testing import EvalContract
 
-pytestmark = [pytest.mark.faults, pytest.mark.model_kind("fp32")]
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+pytestmark = [pytest.mark.faults, pytest.mark.hil_eval(without="parent")]
 FPS = 100.0
 
 
-def _job(deployed: DeployedModel, info: dict[str, Any]) -> StreamJob:
-    return start_stream(deployed, FIXTURES / info["eval_data"], info["input"]["eval_key"], fps=FPS, threads=1,
-                        max_duration_s=120, name="faults")
+@pytest.fixture
+def stream_frames(deployed_model: DeployedModel, eval_contract: EvalContract) -> tuple[Path, str]:
+    """The frames of a stream: the eval inputs of the artifact's contract (one input: one frame per row)."""
+    if len(eval_contract.inputs) != 1:
+        pytest.skip(f"a stream feeds one input per frame; {deployed_model.artifact.label} has "
+                    f"{len(eval_contract.inputs)}")
+    return deployed_model.artifact.directory / eval_contract.data, next(iter(eval_contract.inputs.values()))
+
+
+def _job(deployed: DeployedModel, frames: tuple[Path, str]) -> StreamJob:
+    return start_stream(deployed, frames[0], frames[1], fps=FPS, threads=1, max_duration_s=120, name="faults")
 
 
 def _seqs(results: list[dict[str, Any]]) -> list[int]:
     return [r["seq"] for r in results]
 
 
-def test_network_drop_during_streaming_loses_nothing(deployed_model: DeployedModel, model_info: dict[str, Any],
+def test_network_drop_during_streaming_loses_nothing(deployed_model: DeployedModel, stream_frames: tuple[Path, str],
                                                     faults: FaultInjector, request: pytest.FixtureRequest) -> None:
     device = deployed_model.device
     offset = device.clock_offset().offset  # device wall clock minus host wall clock
-    with _job(deployed_model, model_info) as job:
+    with _job(deployed_model, stream_frames) as job:
         time.sleep(0.5)
         results = job.collect()
         with faults.network_drop(device, max_seconds=60):
@@ -60,10 +68,10 @@ def test_network_drop_during_streaming_loses_nothing(deployed_model: DeployedMod
     assert status.state == "stopped" and status.errors == 0
 
 
-def test_clock_skew_result_timestamps_are_corrected(deployed_model: DeployedModel, model_info: dict[str, Any],
+def test_clock_skew_result_timestamps_are_corrected(deployed_model: DeployedModel, stream_frames: tuple[Path, str],
                                                    faults: FaultInjector) -> None:
     device = deployed_model.device
-    with faults.clock_step(device, -6 * 3600.0), _job(deployed_model, model_info) as job:
+    with faults.clock_step(device, -6 * 3600.0), _job(deployed_model, stream_frames) as job:
         offset = device.clock_offset().offset
         before = time.time()
         time.sleep(0.5)
@@ -78,10 +86,10 @@ def test_clock_skew_result_timestamps_are_corrected(deployed_model: DeployedMode
 
 
 def test_a_full_disk_does_not_corrupt_results_already_written(deployed_model: DeployedModel,
-                                                              model_info: dict[str, Any],
+                                                              stream_frames: tuple[Path, str],
                                                               faults: FaultInjector) -> None:
     device = deployed_model.device
-    with _job(deployed_model, model_info) as job:
+    with _job(deployed_model, stream_frames) as job:
         time.sleep(0.5)
         written = job.collect()
         with faults.disk_fill(device, leave_bytes=0 + 4096):

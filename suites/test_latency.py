@@ -2,22 +2,17 @@
 
 Percentile budgets are decided on confidence bounds (PASS / FAIL / INCONCLUSIVE, see hil.stats);
 cold start and peak memory are single values against their limits. One latency run per device x
-model serves all three tests (suites/conftest.py). A failure names the measurement and its bound,
+model serves all three tests (the `latency` fixture of hil.testing). A failure names the measurement and its bound,
 the device (labelled when emulated), the model's name, version and sha256, and onnxruntime.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import pytest
 
-from hil.budgets import PERCENTILE_KEYS, BudgetSpec, check_max
-from hil.report.record import record_metric
-
-if TYPE_CHECKING:  # suites/conftest.py: the fixtures' types
-    from conftest import Judge, Latency
+from hil.testing import PERCENTILE_KEYS, BudgetSpec, Judge, Latency, check_max, record_metric
 
 pytestmark = pytest.mark.perf
 

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import pytest
 
-from hil.budgets import BudgetSpec, check_min
 from hil.deploy import DeployedModel
 from hil.runner import SweepRun, run_sweep
-
-if TYPE_CHECKING:  # suites/conftest.py: the fixtures' types
-    from conftest import Judge, Record
+from hil.testing import BudgetSpec, Judge, Record, check_min
 
 pytestmark = pytest.mark.perf
 
