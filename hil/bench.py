@@ -88,6 +88,7 @@ def document(run: LatencyRun, summary: LatencySummary, context: Context, threads
         "device": context.device, "emulated": context.emulated, "model": context.model, "version": context.version,
         "sha256": context.sha256, "onnxruntime": context.onnxruntime, "providers": list(run.session.providers),
         "fallback": run.session.fallback, "batch": run.batch, "threads": threads, "latency": summary.to_dict(),
+        "inputs": [dict(i) for i in run.inputs],  # what was fed: names, dtypes and shapes
         "cold_start_ms": run.session.create_ms + run.cold_start_ms, "session_create_ms": run.session.create_ms,
         "first_inference_ms": run.cold_start_ms, "peak_rss_mib": run.memory.peak_rss_mib,
         "stop": {"reason": run.stop.reason, "adaptive": stop is not None,

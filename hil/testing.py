@@ -47,6 +47,7 @@ from hil.budgets import (
 )
 from hil.conditions import temper
 from hil.deploy import DeployedModel
+from hil.eval_contract import EvalContract
 from hil.evaluation import (
     Evaluation,
     Judged,
@@ -61,7 +62,7 @@ from hil.evaluation import (
     top_k_accuracy,
 )
 from hil.report.allure_io import attach_csv, attach_json, attach_png, attach_text, budget_table, samples_csv
-from hil.report.plots import latency_cdf_png, latency_histogram_png, percentile_marks
+from hil.report.plots import accuracy_vs_noise_png, latency_cdf_png, latency_histogram_png, percentile_marks
 from hil.report.record import RawSamples, record_check, record_metric
 from hil.runner import LatencyRun, StopWhen, run_latency
 from hil.stats import DEFAULT_CONFIDENCE, AdaptiveStop, LatencySummary, summarize, top1_accuracy
@@ -71,6 +72,8 @@ __all__ = [
     "BudgetExceeded",
     "BudgetSpec",
     "Context",
+    "DeployTo",
+    "EvalContract",
     "Evaluate",
     "Evaluation",
     "InconclusiveMeasurement",
@@ -84,13 +87,18 @@ __all__ = [
     "Releases",
     "Verdict",
     "accuracy_checks",
+    "accuracy_vs_noise_png",
     "agreement_checks",
     "assert_budget",
+    "attach_json",
+    "attach_png",
+    "attach_text",
     "check_max",
     "check_min",
     "check_percentile",
     "check_relative_accuracy",
     "evaluate",
+    "latency_inputs",
     "measure_latency",
     "parent_of",
     "percentile_verdicts",

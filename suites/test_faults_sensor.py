@@ -29,10 +29,18 @@ import pytest
 
 from hil.deploy import DeployedModel
 from hil.faults.sensor import SensorNoise
-from hil.report.allure_io import attach_png
-from hil.report.plots import accuracy_vs_noise_png
 from hil.runner import run_eval
-from hil.testing import BudgetSpec, Evaluation, Judge, Record, check_max, check_min, top1_accuracy
+from hil.testing import (
+    BudgetSpec,
+    Evaluation,
+    Judge,
+    Record,
+    accuracy_vs_noise_png,
+    attach_png,
+    check_max,
+    check_min,
+    top1_accuracy,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.hil_eval(without="parent")]
 SNR_DB = (40.0, 30.0, 20.0, 10.0, 5.0, 0.0)  # highest first; 0 dB shows where the models break

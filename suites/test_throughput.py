@@ -8,7 +8,7 @@ import pytest
 
 from hil.deploy import DeployedModel
 from hil.runner import SweepRun, run_sweep
-from hil.testing import BudgetSpec, Judge, Record, check_min
+from hil.testing import BudgetSpec, Judge, Record, check_min, latency_inputs
 
 pytestmark = pytest.mark.perf
 
@@ -37,7 +37,7 @@ def test_throughput(deployed_model: DeployedModel, budgets: BudgetSpec, intra_op
     largest must keep at least 90% of batch 1's items/s.
     """
     sweep = run_sweep(deployed_model, BATCHES, min_iterations=MIN_ITERATIONS, min_duration_s=MIN_DURATION_S,
-                      threads=intra_op_threads)
+                      threads=intra_op_threads, **latency_inputs(deployed_model.artifact))
     _record(sweep, report_property)
     if budgets.throughput_ips is not None:
         judge(check_min("throughput_ips", sweep.best.items_per_s, budgets.throughput_ips, "ips"))

@@ -59,3 +59,21 @@ def build_artifact(directory: Path) -> Path:
     build_model(directory / "model.onnx")
     build_eval_set(directory / "model.onnx", directory)
     return directory
+
+
+def build_sequence_artifact(directory: Path, seq: int = 16, rows: int = 64) -> Path:
+    """A sequence model (tokens [batch, seq, 8] -> the mean over seq, [batch, 8]) and eval rows of length `seq`:
+    timed at sequence length 1 it would be a different model."""
+    directory.mkdir(parents=True, exist_ok=True)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["tokens"], ["pooled"], axes=[1], keepdims=0)], "pool",
+        [helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["batch", "seq", 8])],
+        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(directory / "model.onnx"))
+    x = np.random.default_rng(SEED).normal(size=(rows, seq, 8)).astype(np.float32)
+    (directory / "eval").mkdir(exist_ok=True)
+    np.savez(directory / "eval" / "data.npz", tokens=x)
+    np.savez(directory / "eval" / "reference.npz", pooled=x.mean(axis=1))
+    return directory

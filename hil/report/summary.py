@@ -19,6 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from hil import checks
 from hil.report.files import write_bytes_atomic
 
 SCHEMA = "hil.summary/1"
@@ -35,7 +36,7 @@ EXIT_NO_DEVICES = 5
 FINGERPRINT_FACTS = ("arch", "cpu_count", "cpu_quota", "memory_limit_bytes", "memory_total_bytes", "kernel", "os",
                      "python", "numpy", "onnxruntime", "providers")
 
-# Which way is better, for measurements whose budget says nothing (recorded metrics).
+# Which way is better, for a metric the registry does not know (a user's own name): a guess from its words.
 _HIGHER_IS_BETTER = ("accuracy", "throughput", "top1", "cosine")
 
 
@@ -61,6 +62,9 @@ def better_direction(check: dict[str, Any]) -> str:
         return "higher"
     if check.get("comparator") == "<=":
         return "lower"
+    known = checks.get(check["check"])
+    if known is not None:
+        return known.better
     return "higher" if any(word in check["check"] for word in _HIGHER_IS_BETTER) else "lower"
 
 

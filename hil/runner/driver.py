@@ -343,9 +343,12 @@ def _fetch_npz(device: Device, remote: str) -> dict[str, np.ndarray]:
 def run_sweep(deployed: DeployedModel, batches: Sequence[int] = (1, 2, 4, 8, 16, 32), *, warmup: int = 5,
               min_iterations: int = 20, min_duration_s: float = 0.5, max_duration_s: float | None = None,
               threads: int | None = None, seed: int = 0, session: SessionSettings | None = None,
-              timeout: float | None = None) -> SweepRun:
-    """Throughput per batch size (items/s = batch x runs/s), each from a short timed loop; reports the best."""
+              inputs_npz: Path | None = None, input_keys: Mapping[str, str] | None = None,
+              dims: Mapping[str, int] | None = None, timeout: float | None = None) -> SweepRun:
+    """Throughput per batch size (items/s = batch x runs/s), each from a short timed loop; reports the best.
+    Inputs as run_latency takes them (rows of `inputs_npz`, else random data of the `dims` sizes)."""
     config = {"mode": "sweep", **_session_config(deployed, threads, session or SessionSettings()), "seed": seed,
+              "inputs": _inputs(deployed.device, inputs_npz, None, input_keys), "dims": dict(dims or {}),
               "batch": min(batches), "sweep": {"batches": list(batches), "warmup": warmup,
                                                "min_iterations": min_iterations, "min_duration_s": min_duration_s,
                                                "max_duration_s": max_duration_s}}
