@@ -22,7 +22,7 @@ from hil.transport.ssh import SshTransport
 
 log = logging.getLogger(__name__)
 
-_PROBE_SOURCE = (Path(__file__).parent / "probe.py").read_text()
+_PROBE_SOURCE = (Path(__file__).parent / "ondevice" / "probe.py").read_text()
 DEFAULT_TIMEOUT = 60.0
 CLOCK_SAMPLES = 7
 MIN_FREE_BYTES = 16 * 1024 * 1024  # below this a workdir cannot take even a small model

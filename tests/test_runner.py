@@ -162,7 +162,7 @@ def test_a_run_longer_than_its_timeout_wraps_up_with_what_it_measured(cnn_a: Dep
 def test_adaptive_run_stops_once_the_verdict_is_clear(cnn_a: DeployedModel) -> None:
     run = run_latency(cnn_a, warmup=20, min_iterations=50, min_duration_s=0.0, max_iterations=20_000, threads=1,
                       stop_when=StopWhen(quantile=99, limit_ms=1000.0, confidence=0.99))
-    if not STATS_SOURCE.is_file():  # hil/stats.py not written yet: measured, but no early stop
+    if not STATS_SOURCE.is_file():  # hil/ondevice/stats.py not written yet: measured, but no early stop
         assert run.count == 20_000 and "no early stop" in (run.stop.note or "")
         return
     assert run.stop.stopped_early and run.stop.verdict == "PASS" and run.stop.reason == "decided"
@@ -171,7 +171,7 @@ def test_adaptive_run_stops_once_the_verdict_is_clear(cnn_a: DeployedModel) -> N
 
 def test_an_impossible_adaptive_setting_is_a_config_error(cnn_a: DeployedModel) -> None:
     if not STATS_SOURCE.is_file():
-        pytest.skip("hil/stats.py is not there yet")
+        pytest.skip("hil/ondevice/stats.py is not there yet")
     with pytest.raises(RunnerConfigError, match=r"emu-a.*digits-cnn.*config: stop_when cannot be decided"):
         run_latency(cnn_a, min_iterations=10, min_duration_s=0, max_iterations=100, stop_when=StopWhen(99, 5.0))
 

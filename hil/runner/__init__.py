@@ -1,4 +1,4 @@
-"""Runs on the device: the self-contained device runner and the host-side driver that ships and starts it.
+"""Running models on the device: the host-side driver that ships and starts the runner (hil/ondevice/runner.py).
 
     from hil.runner import run_latency, run_eval, run_sweep, StopWhen
     run = run_latency(deployed_model, batch=1, threads=1, stop_when=StopWhen(99, limit_ms=12.0))

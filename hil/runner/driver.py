@@ -1,8 +1,9 @@
 """Host side of a run: ship the device runner, start it through the device's one door, read its report.
 
-The timing loop runs on the device (hil/runner/device_runner.py); nothing here is inside a latency
+The timing loop runs on the device (hil/ondevice/runner.py); nothing here is inside a latency
 figure. Files on the device, under <workdir>:
-    runner/device_runner.py, runner/hil_stats.py   shipped when missing or changed (sha256)
+    runner/device_runner.py, runner/hil_stats.py   hil/ondevice/runner.py and stats.py, shipped when
+                                                   missing or changed (sha256)
     runner/runs/<id>/                              one run's config and outputs, removed after it
     inputs/<sha256>.npz                            input sets, named by content, sent once
 """
@@ -43,9 +44,10 @@ from hil.runner.results import EvalRun, LatencyRun, OverheadRun, RunContext, Swe
 
 log = logging.getLogger(__name__)
 
-RUNNER_SOURCE = Path(__file__).with_name("device_runner.py")
-STATS_SOURCE = Path(hil.__file__).with_name("stats.py")  # shipped as hil_stats.py when it exists
-RUNNER_NAME = "device_runner.py"
+ONDEVICE = Path(hil.__file__).with_name("ondevice")  # what runs on the device (see hil/ondevice/__init__.py)
+RUNNER_SOURCE = ONDEVICE / "runner.py"
+STATS_SOURCE = ONDEVICE / "stats.py"  # shipped as hil_stats.py when it exists
+RUNNER_NAME = "device_runner.py"  # the names on the device: the runner imports hil_stats
 STATS_NAME = "hil_stats.py"
 STARTUP_S = 60.0  # interpreter start, imports, session creation and cold start on a slow board
 WRAP_UP_S = 15.0  # after the loop: profiling pass, JSON; the runner's own deadline leaves this much
@@ -95,7 +97,7 @@ def _forget(device: Device) -> None:
 
 
 def ship_runner(device: Device) -> str:
-    """Make sure the runner (and hil_stats.py when hil/stats.py exists) is current on the device; its path."""
+    """Make sure the runner (and hil_stats.py when hil/ondevice/stats.py exists) is current on the device; its path."""
     directory = runner_dir(device)
     runner, stats = f"{directory}/{RUNNER_NAME}", f"{directory}/{STATS_NAME}"
     wanted = {runner: RUNNER_SOURCE}

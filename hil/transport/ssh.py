@@ -41,7 +41,7 @@ from hil.transport.endpoint import Endpoint, resolve
 
 log = logging.getLogger(__name__)
 
-_SERVER_SOURCE = (Path(__file__).parent / "cmdserver.py").read_text()
+_SERVER_SOURCE = (Path(__file__).parents[1] / "ondevice" / "cmdserver.py").read_text()
 _SERVER_BOOT = ("import sys, base64; "
                 "exec(compile(base64.b64decode(sys.stdin.buffer.readline()), 'hil-command-server', 'exec'))")
 # How long past a command's own timeout we wait for the device to report the kill.

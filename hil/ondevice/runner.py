@@ -5,6 +5,8 @@ Self-contained on purpose: it may import only the standard library, numpy and on
 
     python3 device_runner.py CONFIG.json      (or `-` to read the config from stdin)
 
+(This file is hil/ondevice/runner.py on the host; hil/runner/driver.py ships it as device_runner.py.)
+
 Writes exactly one JSON document to stdout; diagnostics go to stderr. Exit status 0 with
 {"ok": true, ...}, or EXIT_ERROR with {"ok": false, "error": {"category", "message", "detail"}}.
 EXIT_ERROR is 3, not 2, because Python itself exits 2 when it cannot open the script: the host
