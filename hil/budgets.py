@@ -12,7 +12,7 @@ ProductFailure (the model fell short), INCONCLUSIVE is not (the run could not te
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,7 @@ __all__ = [
     "check_relative_accuracy",
     "combine",
     "evaluate",
+    "temper",
 ]
 
 AT_MOST = "<="
@@ -230,6 +231,18 @@ def combine(latency: Measurement, cv: Measurement, latencies_ms: npt.ArrayLike |
 
 def _join(*notes: str) -> str:
     return "; ".join(n for n in notes if n)
+
+
+def temper(measurement: Measurement, warnings: Sequence[str]) -> Measurement:
+    """A timing FAIL measured under unreliable conditions is INCONCLUSIVE: the lab may be to blame.
+
+    `warnings` are the device's timing warnings (CPU governor, thermal headroom: hil.conditions, probed by
+    Device.timing_warnings); which checks are timings is the check registry's word (hil.checks.is_timing).
+    """
+    if not warnings or measurement.verdict is not Verdict.FAIL or not checks.is_timing(measurement.name):
+        return measurement
+    warned = "would FAIL, but the device warned: " + "; ".join(warnings)
+    return dataclasses.replace(measurement, verdict=Verdict.INCONCLUSIVE, note=_join(measurement.note, warned))
 
 
 def check_relative_accuracy(int8_accuracy: float, fp32_accuracy: float,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hil import rollout
-from hil.conditions import temper
+from hil.budgets import temper
 from hil.config import DeviceConfig, Inventory, load_inventory
 from hil.device import Device
 from hil.errors import ConfigError, HilError, InfraError

@@ -1,17 +1,14 @@
 """Device conditions that make timings unreliable: the CPU frequency governor and thermal headroom.
 
 The health check records them as warnings. They do not take a device out of the run, but a latency
-verdict measured under them cannot fail the model: a FAIL becomes INCONCLUSIVE (see temper).
+verdict measured under them cannot fail the model: a FAIL becomes INCONCLUSIVE (hil.budgets.temper,
+a verdict rule, lives with the verdicts; this module is only the device-side probe and its reading).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from hil.budgets import Measurement, Verdict
-from hil.checks import is_timing
 
 # Governors that pin the clock at its top: timings then reflect the model, not the power policy.
 STEADY_GOVERNORS = frozenset({"performance"})
@@ -80,12 +77,3 @@ def timing_warnings(governors: set[str], zones: Sequence[Zone]) -> list[str]:
                             f"(less than {MIN_HEADROOM_C:g} °C of headroom)")
     return warnings
 
-
-def temper(measurement: Measurement, warnings: Sequence[str]) -> Measurement:
-    """A timing FAIL measured under unreliable conditions is INCONCLUSIVE: the lab may be to blame."""
-    if (not warnings or measurement.verdict is not Verdict.FAIL
-            or not is_timing(measurement.name)):
-        return measurement
-    note = "would FAIL, but the device warned: " + "; ".join(warnings)
-    return dataclasses.replace(measurement, verdict=Verdict.INCONCLUSIVE,
-                               note="; ".join(n for n in (measurement.note, note) if n))

@@ -24,6 +24,7 @@ from hil.faults.ledger import run_id as fault_run_id
 from hil.faults.ledger import sweep as sweep_faults
 from hil.lease import Lease, lease_together
 from hil.report.allure_io import attach_json
+from hil.report.run_info import RUN_INFO, RunInfo
 from hil.xdist_scheduling import make_scheduler
 
 log = logging.getLogger(__name__)
@@ -287,6 +288,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if "hil_run_id" in worker_input:
         session.run_id = worker_input["hil_run_id"]  # one run id for the whole run: leases, faults, summary
     config.stash[_SESSION_KEY] = session
+    # The reporting plugin's view of the run (it does not import this module): session.devices is live.
+    config.stash[RUN_INFO] = RunInfo(session.run_id, session.devices)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -367,7 +370,7 @@ def _report_facts(request: pytest.FixtureRequest, dev: Device) -> Device:
 @pytest.fixture
 def timing_warnings(request: pytest.FixtureRequest, device: Device) -> tuple[str, ...]:
     """What the health check found that makes timings on `device` unreliable (CPU governor, thermal headroom):
-    with any, a latency FAIL is reported INCONCLUSIVE (hil.conditions.temper)."""
+    with any, a latency FAIL is reported INCONCLUSIVE (hil.budgets.temper)."""
     warnings = hil_session(request.config).timing.get(device.name, ())
     for i, warning in enumerate(warnings):
         request.node.user_properties.append((f"hil.health.timing_warning.{i}", warning))

@@ -44,8 +44,8 @@ from hil.budgets import (
     check_percentile,
     check_relative_accuracy,
     combine,
+    temper,
 )
-from hil.conditions import temper
 from hil.deploy import DeployedModel
 from hil.eval_contract import EvalContract
 from hil.evaluation import (

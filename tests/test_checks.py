@@ -12,9 +12,17 @@ import pytest
 
 from hil import checks
 from hil.artifacts import BUDGET_KEYS, parse_manifest
-from hil.budgets import PERCENTILE_KEYS, BudgetSpec, Verdict, budgets_for_tags, check_budget, check_max, evaluate
+from hil.budgets import (
+    PERCENTILE_KEYS,
+    BudgetSpec,
+    Verdict,
+    budgets_for_tags,
+    check_budget,
+    check_max,
+    evaluate,
+    temper,
+)
 from hil.checks import CHECKS, Check, Tolerance
-from hil.conditions import temper
 from hil.errors import ArtifactRejected, ConfigError
 from hil.report.categories import ACCURACY, LATENCY, MEMORY, categorize
 from hil.report.gate import tolerance_for
@@ -210,7 +218,7 @@ def test_categories_classify_the_registrys_timing_checks() -> None:
 
 
 def test_a_warned_device_tempers_exactly_the_registrys_timing_checks() -> None:
-    # hil.conditions turns a FAIL into INCONCLUSIVE on a device that warned, for timing checks only.
+    # hil.budgets.temper turns a FAIL into INCONCLUSIVE on a device that warned, for timing checks only.
     for name in [example(c) for c in CHECKS]:
         tempered = temper(check_max(name, 2.0, 1.0), ["cpufreq governor is powersave"])
         assert (tempered.verdict is Verdict.INCONCLUSIVE) == checks.is_timing(name), name

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
-from hil.budgets import Verdict, check_max, check_min
-from hil.conditions import PROBE, parse_probe, temper, timing_warnings
+from hil.budgets import Verdict, check_max, check_min, temper
+from hil.conditions import PROBE, parse_probe, timing_warnings
 
 PROBED = """gov performance
 gov schedutil

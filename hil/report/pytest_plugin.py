@@ -3,6 +3,9 @@
 Loaded by hil.plugin. Works the same with and without pytest-xdist: workers label and categorize
 their tests; the controller (or the only process) writes summary.json, categories.json and
 environment.properties, and sets the exit code.
+
+It does not import hil.plugin (the layer above it): hil.plugin hands it the run's id and devices as a
+RunInfo in config.stash[RUN_INFO] (hil.report.run_info) when it configures the session.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from typing import Any
 import pytest
 
 from hil.errors import HilError, InfraError
-from hil.plugin import hil_session
 from hil.report.allure_io import attach_text, collection_labels, write_environment
 from hil.report.categories import categorize, write_categories
+from hil.report.run_info import RUN_INFO
 from hil.report.summary import EXIT_INFRASTRUCTURE, SummaryWriter
 
 log = logging.getLogger(__name__)
@@ -43,14 +46,14 @@ def report_dir(config: pytest.Config) -> Path:
     return config.stash[_REPORT_DIR]
 
 
-@pytest.hookimpl(trylast=True)  # after hil.plugin has made the session (its run id)
+@pytest.hookimpl(trylast=True)  # after hil.plugin has made the session (its run id: RUN_INFO)
 def pytest_configure(config: pytest.Config) -> None:
     directory = Path(config.getoption("--hil-report-dir"))
     if not directory.is_absolute():
         directory = Path(config.invocation_params.dir) / directory
     config.stash[_REPORT_DIR] = directory
     if not hasattr(config, "workerinput"):
-        writer = SummaryWriter(directory / "summary.json", hil_session(config).run_id)
+        writer = SummaryWriter(directory / "summary.json", config.stash[RUN_INFO].run_id)
         config.pluginmanager.register(SummaryHooks(config, writer), "hil-summary")
 
 
@@ -115,7 +118,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 def _attach_device_logs(item: pytest.Item) -> None:
     """What the device said around a failure; best effort, never the cause of another error."""
     name = dict(item.user_properties).get("hil.device")
-    device = hil_session(item.config).devices.get(str(name)) if name else None
+    device = item.config.stash[RUN_INFO].devices.get(str(name)) if name else None
     if device is None:
         return
     try:
