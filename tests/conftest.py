@@ -89,7 +89,23 @@ def ghost_device_toml(lab: EmulatedLab, known_hosts: Path) -> str:
     return GHOST_TOML.format(host=GHOST_ADDRESS, known_hosts=known_hosts, bridge=bridge)
 
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the emulated lab needs root")
+# Tests that need the emulated lab (root: network namespaces, cgroups, users) carry the `lab` marker: set by
+# hand (pytestmark = needs_root, or @needs_root) or, for every test using one of LAB_FIXTURES (directly or
+# through another fixture), by pytest_collection_modifyitems below. Not root, they skip; `-m "not lab"`
+# deselects them.
+needs_root = pytest.mark.lab
+LAB_FIXTURES = frozenset({"lab", "handbuilt", "device_a", "device_b", "roll_lab"})  # roll_lab: test_rollout.py
+NEEDS_ROOT = "needs root: the emulated lab (run as root, or -m 'not lab')"
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: `-m "not lab"` then sees the markers added here
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = os.geteuid() == 0
+    for item in items:
+        if LAB_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.lab)
+        if not root and item.get_closest_marker("lab") is not None:
+            item.add_marker(pytest.mark.skip(reason=NEEDS_ROOT))
 
 
 def write_devices(directory: Path, text: str = TEST_LAB_TOML) -> Path:

@@ -12,7 +12,6 @@ Run with `pytest -s` to see the figure line (kinds x kill points x profiles, lef
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -31,7 +30,7 @@ from hil.faults.ledger import QDISC_HANDLE, TAG
 from hil.lab import EmulatedLab, network, services
 from tests.handbuilt import EDGE_NS, HOME, HandBuilt
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the emulated lab needs root")
+pytestmark = pytest.mark.lab  # root: skipped otherwise (tests/conftest.py)
 
 
 @dataclass(frozen=True)

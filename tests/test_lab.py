@@ -15,7 +15,7 @@ from hil.config import load_inventory
 from hil.device import Device
 from hil.errors import LabError
 from hil.lab import EmulatedLab, cgroup, host, network
-from tests.conftest import write_devices
+from tests.conftest import needs_root, write_devices
 
 DOWN_LAB_TOML = """
 [lab]
@@ -146,6 +146,7 @@ def _traces(lab_name: str, device: str) -> list[str]:
     return found
 
 
+@needs_root  # a lab of its own, up and down
 def test_down_leaves_nothing(tmp_path: Path) -> None:
     lab = EmulatedLab(load_inventory(write_devices(tmp_path, DOWN_LAB_TOML)))
     lab.up()
@@ -162,6 +163,7 @@ def test_down_leaves_nothing(tmp_path: Path) -> None:
     assert _traces("hildown", "emu-down") == []
 
 
+@needs_root  # a lab of its own, up and down
 @pytest.mark.parametrize("delay", [0.05, 0.15, 0.3])
 def test_ctrl_c_during_up_leaves_nothing_down_cannot_remove(tmp_path: Path, delay: float) -> None:
     devices = write_devices(tmp_path, DOWN_LAB_TOML)
