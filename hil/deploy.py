@@ -12,6 +12,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import re
 import shlex
 import socket
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from packaging.version import InvalidVersion, Version
 
 from hil.artifacts import MANIFEST, MODEL, Artifact, load_public_key, parse_manifest, verify
 from hil.config import DeployConfig
@@ -90,12 +92,14 @@ def _version_dir(artifact: Artifact) -> str:
     return f"{artifact.manifest.version}-{artifact.manifest.sha256[:12]}"
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split(".")[:3]:
-        digits = "".join(c for c in piece if c.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
+def runtime_version(text: str) -> Version:
+    """An onnxruntime version as PEP 440 orders it ("1.17rc1" < "1.22", "1.16.3+cu118" is 1.16.3); a
+    vendor string that is not PEP 440 counts by its leading release number ("1.18.0-jetpack6" -> 1.18.0)."""
+    try:
+        return Version(text)
+    except InvalidVersion:
+        release = re.match(r"\d+(\.\d+)*", text.strip())
+        return Version(release.group(0) if release else "0")
 
 
 class _Remote:
@@ -163,7 +167,7 @@ def preflight(device: Device, artifact: Artifact, remote: _Remote, needed_bytes:
     if facts.onnxruntime is None:
         raise RuntimeIncompatible(f"device '{device.name}': onnxruntime does not import with "
                                   f"{device.config.python} ({facts.onnxruntime_error}); {artifact.label} cannot run")
-    if _version_tuple(facts.onnxruntime) < _version_tuple(manifest.min_onnxruntime):
+    if runtime_version(facts.onnxruntime) < runtime_version(manifest.min_onnxruntime):
         raise RuntimeIncompatible(
             f"device '{device.name}' has onnxruntime {facts.onnxruntime}; {artifact.label} (opset "
             f"{manifest.opset}) needs onnxruntime >= {manifest.min_onnxruntime}")

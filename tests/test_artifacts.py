@@ -115,3 +115,12 @@ def test_bad_manifests_are_rejected_with_the_reason(artifact_dir: Path, edit, fr
 def test_not_an_artifact_directory(tmp_path: Path) -> None:
     with pytest.raises(ArtifactRejected, match="not an artifact directory"):
         load_artifact(tmp_path)
+
+
+@pytest.mark.parametrize(("older", "newer"), [("1.17rc1", "1.22"), ("1.16.3+cu118", "1.17"), ("1.9", "1.13"),
+                                              ("1.18.0-jetpack6", "1.19"), ("1.13", "1.13.1")])
+def test_onnxruntime_versions_are_ordered_as_pep_440_says(older: str, newer: str) -> None:
+    from hil.deploy import runtime_version
+
+    assert runtime_version(older) < runtime_version(newer)
+    assert runtime_version("1.16.3+cu118") >= runtime_version("1.16")  # a local build is still 1.16.3

@@ -14,7 +14,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+# The modules that define infrastructure errors of their own: imported so the taxonomy below is whole.
+import hil.faults.ledger
+import hil.runner.errors
+import hil.runner.stream
+import hil.transport.serial  # noqa: F401
 from hil import checks
+from hil.errors import InfraError
 
 INFRASTRUCTURE = "Device unreachable / lab infrastructure"
 DEPLOY_REJECTED = "Deploy rejected (integrity)"
@@ -25,8 +31,15 @@ ACCURACY = "Accuracy regression"
 INCONCLUSIVE = "Inconclusive measurement"
 
 _ANY = r"[\s\S]*"  # the message may span lines; no regex flag is portable across Allure versions
-_INFRA_TYPES = ("InfraError", "LabError", "TransportError", "ConnectError", "AuthError", "HostKeyError",
-                "ConnectionLost", "CommandTimeout", "DeviceUnhealthy", "DeployError", "DeviceBusy", "RunnerCrashed")
+
+
+def _subclasses(cls: type) -> set[type]:
+    return {cls}.union(*(_subclasses(sub) for sub in cls.__subclasses__()))
+
+
+# Every infrastructure error, from the one taxonomy (hil.errors.InfraError and what derives from it), so
+# a new one is categorised the moment it exists: the plugin's isinstance check and this list agree.
+INFRA_TYPES = tuple(sorted({c.__name__ for c in _subclasses(InfraError)}))
 # The timing-sensitive checks of the registry (latency, cold start, throughput), as one alternation.
 _LATENCY_CHECKS = "(" + "|".join(c.regex for c in checks.CHECKS if c.timing) + ")"
 _ACCURACY_CHECKS = (r"(accuracy_\w+|relative_accuracy\w*|max_abs_error|min_cosine_similarity|top1_agreement"
@@ -49,7 +62,7 @@ class Category:
 
 
 CATEGORIES: tuple[Category, ...] = (
-    Category(INFRASTRUCTURE, ("broken",), _ANY + r"\b(" + "|".join(_INFRA_TYPES) + r"):" + _ANY,
+    Category(INFRASTRUCTURE, ("broken",), _ANY + r"\b(" + "|".join(INFRA_TYPES) + r"):" + _ANY,
              "The lab, not the model: retry the run or fix the device (the exit code is 75)."),
     Category(DEPLOY_REJECTED, ("failed", "broken"), _ANY + r"\bArtifactRejected:" + _ANY,
              "The artifact failed its signature, sha256 or manifest checks; nothing was activated."),
