@@ -1,15 +1,17 @@
-"""`hil`: the library from a shell. Exit codes: 0 ok, 1 a command or budget failed, 2 bad input, 3 infrastructure,
-4 a measurement too inconclusive to judge (`hil bench`)."""
+"""`hil`: the library from a shell. Exit codes: hil.exit_codes (0 ok, 1 a command or budget failed, 2 bad input,
+4 a measurement too inconclusive to judge, 75 infrastructure)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,13 @@ from hil.budgets import temper
 from hil.config import DeviceConfig, Inventory, load_inventory
 from hil.device import Device
 from hil.errors import ConfigError, HilError, InfraError
+from hil.exit_codes import Exit
+from hil.exit_codes import table as exit_table
 from hil.lease import LeaseInfo, holder_of
+from hil.pool import DEFAULT_LEASE_TIMEOUT
 from hil.report import evidence, gate, html
 
-EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 1, 2, 3
+EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = Exit.FAILED, Exit.USAGE, Exit.INFRASTRUCTURE
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -136,10 +141,23 @@ def cmd_devices_check(args: argparse.Namespace, inventory: Inventory) -> int:
 
 
 def _device(inventory: Inventory, name: str) -> Device:
+    """The device, connected on first use, without a lease: for commands that only read it."""
     config = inventory.get(name)
     if config.emulated:
         _lab(inventory).ensure_up([name])
     return Device(config)
+
+
+@contextlib.contextmanager
+def _held(args: argparse.Namespace, inventory: Inventory, name: str) -> Iterator[Device]:
+    """The device under this command's lease (hil.pool): a command that changes a device or measures on
+    it never works under a run that holds it; it waits up to --lease-timeout, then says who holds it."""
+    from hil.pool import DevicePool
+
+    if inventory.get(name).emulated:
+        _lab(inventory).ensure_up([name])
+    with DevicePool(inventory, lease_timeout=args.lease_timeout).held(name) as device:
+        yield device
 
 
 def cmd_facts(args: argparse.Namespace, inventory: Inventory) -> int:
@@ -150,12 +168,13 @@ def cmd_facts(args: argparse.Namespace, inventory: Inventory) -> int:
 
 
 def cmd_run(args: argparse.Namespace, inventory: Inventory) -> int:
-    device = _device(inventory, args.name)
     command = " ".join(args.command)
-    result = device.console(command, timeout=args.timeout) if args.serial else device.run(command, timeout=args.timeout)
+    with (contextlib.closing(_device(inventory, args.name)) if args.no_lease
+          else _held(args, inventory, args.name)) as device:
+        result = device.console(command, timeout=args.timeout) if args.serial else \
+            device.run(command, timeout=args.timeout)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
-    device.close()
     return result.exit_status
 
 
@@ -275,12 +294,11 @@ def cmd_deploy(args: argparse.Namespace, inventory: Inventory | None) -> int:
     from hil.deploy import deploy, trusted_keys
 
     inventory = _inventory(args)
-    device = _device(inventory, args.name)
     artifact = load_artifact(Path(args.dir))
-    result = deploy(device, artifact, trusted_keys(inventory.deploy), keep=inventory.deploy.keep_versions,
-                    margin_bytes=inventory.deploy.free_space_margin_bytes,
-                    allow_provider_fallback=args.allow_cpu_fallback, progress=_progress_printer(artifact.label))
-    device.close()
+    with _held(args, inventory, args.name) as device:
+        result = deploy(device, artifact, trusted_keys(inventory.deploy), keep=inventory.deploy.keep_versions,
+                        margin_bytes=inventory.deploy.free_space_margin_bytes,
+                        allow_provider_fallback=args.allow_cpu_fallback, progress=_progress_printer(artifact.label))
     if result.fallback:
         print(f"note: {result.fallback}", file=sys.stderr)
     state = "already active, nothing sent" if result.already_active else \
@@ -292,9 +310,8 @@ def cmd_deploy(args: argparse.Namespace, inventory: Inventory | None) -> int:
 def cmd_rollback(args: argparse.Namespace, inventory: Inventory | None) -> int:
     from hil.deploy import rollback
 
-    device = _device(_inventory(args), args.name)
-    record = rollback(device, args.model)
-    device.close()
+    with _held(args, _inventory(args), args.name) as device:
+        record = rollback(device, args.model)
     print(f"{args.name}: {args.model} rolled back to {record.version} ({record.activated})")
     return 0
 
@@ -317,11 +334,13 @@ def cmd_status(args: argparse.Namespace, inventory: Inventory | None) -> int:
 def cmd_faults(args: argparse.Namespace, inventory: Inventory) -> int:
     from hil.faults import pending, sweep, unrecorded
 
-    device = _device(inventory, args.name)
     # Both look at the kernel's state too: a rule, qdisc or fill file of hil's with no ledger entry.
-    records = (sweep(device, spare_live_runs=False) if args.faults_command == "clear"
-               else pending(device) + unrecorded(device))
-    device.close()
+    if args.faults_command == "clear":  # under the lease: never the faults of a run that holds the device
+        with _held(args, inventory, args.name) as device:
+            records = sweep(device, spare_live_runs=False)
+    else:
+        with contextlib.closing(_device(inventory, args.name)) as device:
+            records = pending(device) + unrecorded(device)
     verb = "undone" if args.faults_command == "clear" else "applied"
     if not records:
         print(f"{args.name}: no faults {verb}")
@@ -340,21 +359,21 @@ def cmd_lease(args: argparse.Namespace, inventory: Inventory) -> int:
     import subprocess
 
     from hil.faults.ledger import run_id
-    from hil.lease import Lease
+    from hil.lease import SHARED_RUN_ENV, Lease
 
     device = _device(inventory, args.name)
     try:
         with Lease(device, f"manual-{run_id()}", timeout=args.timeout) as lease:
             print(f"{args.name}: leased to {lease.info}", file=sys.stderr)
-            return subprocess.call(args.command)
+            # The command (a pytest run, a hil command) works under this lease instead of waiting for it.
+            return subprocess.call(args.command, env={**os.environ, SHARED_RUN_ENV: lease.info.run_id})
     finally:
         device.close()
 
 
 def cmd_reboot(args: argparse.Namespace, inventory: Inventory) -> int:
-    device = _device(inventory, args.name)
-    result = device.reboot(timeout=args.timeout)
-    device.close()
+    with _held(args, inventory, args.name) as device:
+        result = device.reboot(timeout=args.timeout)
     down = f"down after {result.down_after:.1f} s, " if result.down_after is not None else ""
     print(f"{args.name}: rebooted: {down}back (SSH answering, facts re-read) after {result.seconds:.1f} s")
     return 0
@@ -362,7 +381,7 @@ def cmd_reboot(args: argparse.Namespace, inventory: Inventory) -> int:
 
 # -- hil bench: the latency suite's measurement for one device and artifact, from a shell ---------
 
-EXIT_INCONCLUSIVE = 4  # bench: a budget could be neither passed nor failed on these samples
+EXIT_INCONCLUSIVE = Exit.INCONCLUSIVE  # bench, eval: a budget neither passed nor failed on these samples
 
 
 def _bench_print(doc: dict[str, Any]) -> None:
@@ -392,14 +411,16 @@ def cmd_bench(args: argparse.Namespace, inventory: Inventory) -> int:
     from hil.artifacts import load_artifact
     from hil.budgets import Context, budgets_for_tags
     from hil.deploy import DeployedModel, deploy, trusted_keys
+    from hil.eval_contract import parse_dims
+    from hil.evaluation import latency_inputs
     from hil.runner import StopWhen, run_latency
     from hil.stats import summarize
 
     if not 0 < args.quantile < 100:
         raise ConfigError(f"--quantile must be between 0 and 100 (exclusive), got {args.quantile:g}")
     artifact = load_artifact(Path(args.dir))
-    device = _device(inventory, args.name)
-    try:
+    inputs = latency_inputs(artifact, parse_dims(args.dim, "--dim") or None)
+    with _held(args, inventory, args.name) as device:
         result = deploy(device, artifact, trusted_keys(inventory.deploy), keep=inventory.deploy.keep_versions,
                         margin_bytes=inventory.deploy.free_space_margin_bytes)
         spec = budgets_for_tags(artifact.manifest.budgets, device.config.tags)
@@ -407,18 +428,12 @@ def cmd_bench(args: argparse.Namespace, inventory: Inventory) -> int:
         limits = bench.percentile_limits(spec, extra)
         threads = args.threads or bench.threads_for(device)
         stop = bench.adaptive_stop(limits, args.max_iterations)
-        from hil.eval_contract import parse_dims
-        from hil.evaluation import latency_inputs
-
-        inputs = latency_inputs(artifact, parse_dims(args.dim, "--dim") or None)
         run = run_latency(DeployedModel(device, artifact, result), batch=args.batch, warmup=args.warmup,
                           min_iterations=args.min_iterations, min_duration_s=args.min_duration,
                           max_iterations=args.max_iterations if stop else None,
                           max_duration_s=args.max_duration if stop else None, threads=threads,
                           stop_when=StopWhen(stop.q, stop.limit_ms, bench.CONFIDENCE) if stop else None, **inputs)
         warnings = device.timing_warnings()
-    finally:
-        device.close()
     m = artifact.manifest
     context = Context(device.name, m.name, m.version, m.sha256,
                       str(run.context.runner_env.get("onnxruntime", "unknown")), device.config.emulated)
@@ -456,10 +471,9 @@ def cmd_eval(args: argparse.Namespace, inventory: Inventory) -> int:
         contract = contract_of(artifact)
     except NoEvalContract as exc:
         raise ConfigError(str(exc)) from None
-    device = _device(inventory, args.name)
     keys = trusted_keys(inventory.deploy)
     settings = inventory.deploy
-    try:
+    with _held(args, inventory, args.name) as device:
         def deployed(what: Any) -> DeployedModel:
             return DeployedModel(device, what, deploy(device, what, keys, keep=settings.keep_versions,
                                                       margin_bytes=settings.free_space_margin_bytes))
@@ -470,8 +484,6 @@ def cmd_eval(args: argparse.Namespace, inventory: Inventory) -> int:
             parent = parent_of(artifact)
             judged.checks.append(relative_accuracy_check(evaluation, evaluate(deployed(parent))))
             deployed(artifact)  # leave the model under test active
-    finally:
-        device.close()
     verdicts = {m.verdict for m in judged.checks}
     verdict = Verdict.FAIL if Verdict.FAIL in verdicts else \
         Verdict.INCONCLUSIVE if Verdict.INCONCLUSIVE in verdicts else Verdict.PASS if verdicts else None
@@ -492,9 +504,14 @@ def cmd_eval(args: argparse.Namespace, inventory: Inventory) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hil", description="hardware-in-the-loop validation for edge AI")
+    parser = argparse.ArgumentParser(prog="hil", description="hardware-in-the-loop validation for edge AI",
+                                     epilog="exit codes (every command):\n" + exit_table(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", default="devices.toml", help="devices.toml of the lab (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what hil does")
+    parser.add_argument("--lease-timeout", type=float, default=DEFAULT_LEASE_TIMEOUT, metavar="S",
+                        help="a command that changes or measures a device first takes its lease: wait this long "
+                             "for a run that holds it (default: %(default)g s)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     lab = sub.add_parser("lab", help="the emulated lab").add_subparsers(dest="lab_command", required=True)
@@ -522,6 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("command", nargs="+", metavar="CMD")
     run.add_argument("--timeout", type=float, default=60.0)
     run.add_argument("--serial", action="store_true", help="over the serial console instead of SSH")
+    run.add_argument("--no-lease", action="store_true",
+                     help="do not take the device's lease (a look at a device a run holds: it may disturb that run)")
     run.set_defaults(func=cmd_run)
     faults = sub.add_parser("faults", help="the fault ledger of a device").add_subparsers(
         dest="faults_command", required=True)
@@ -598,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     stat.set_defaults(func=cmd_status, needs_inventory=False)
     bench = sub.add_parser("bench", help="deploy, measure latency, judge the budgets: hil bench DEVICE ARTIFACT_DIR",
                            description="Exit status: 0 every budget PASS (or none), 1 a budget FAILED, "
-                                       "4 INCONCLUSIVE (measure longer), 3 infrastructure.")
+                                       "4 INCONCLUSIVE (measure longer), 75 infrastructure.")
     bench.add_argument("name", metavar="DEVICE")
     bench.add_argument("dir", metavar="ARTIFACT_DIR")
     bench.add_argument("--json", action="store_true", help="one JSON document instead of tables")
@@ -620,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "hil eval DEVICE ARTIFACT_DIR",
                         description="Deploy, run the artifact's [eval] inputs on the device, judge the outputs "
                                     "against its labels, reference and budgets. Exit status: 0 PASS, 1 FAIL, "
-                                    "4 INCONCLUSIVE, 2 bad input (e.g. no [eval]), 3 infrastructure.")
+                                    "4 INCONCLUSIVE, 2 bad input (e.g. no [eval]), 75 infrastructure.")
     ev.add_argument("name", metavar="DEVICE")
     ev.add_argument("dir", metavar="ARTIFACT_DIR")
     ev.add_argument("--json", action="store_true", help="one JSON document instead of a table")
@@ -638,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     canary = sub.add_parser("rollout", help="deploy a model version phase by phase, canary first, with an "
                                             "acceptance suite; roll back on failure",
                             description="Exit status: 0 rolled out, 1 a phase failed (rolled back), 2 bad input, "
-                                        "3 infrastructure stopped it (rolled back).")
+                                        "75 infrastructure stopped it (rolled back).")
     rollout.add_arguments(canary)
     canary.set_defaults(func=rollout.run_from_args)
     return parser

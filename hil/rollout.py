@@ -16,7 +16,7 @@ lease id>: hil.lease then lets it work under those leases instead of waiting for
 
 Exit codes: 0 every phase passed; 1 a deploy or an acceptance run failed (or timed out) and what was updated
 was rolled back; 2 bad input (options, devices.toml, an artifact that fails verification on the host: nothing
-is sent); 3 an infrastructure error (device unreachable, lease busy, or an acceptance run that only the lab
+is sent); 75 an infrastructure error (device unreachable, lease busy, or an acceptance run that only the lab
 failed: hil's pytest exit 75) stopped the rollout, after rolling back what was updated; 130 interrupted (after
 rolling back). A device a rollback could not restore is "failed: ..." in the report; the exit code stays that
 of the cause.
@@ -46,13 +46,15 @@ from hil.config import DeviceConfig, Inventory, load_inventory
 from hil.deploy import deploy, rollback, status, trusted_keys
 from hil.device import Device
 from hil.errors import ConfigError, HilError, InfraError
+from hil.exit_codes import Exit
 from hil.faults.ledger import run_id as new_run_id
 from hil.lease import SHARED_RUN_ENV, Lease
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA, EXIT_INTERRUPTED = (Exit.OK, Exit.FAILED, Exit.USAGE, Exit.INFRASTRUCTURE,
+                                                                Exit.INTERRUPTED)
 TAIL_LINES = 40
 # The exit code of hil's pytest plugin when only the lab failed (hil.report.summary.EXIT_INFRASTRUCTURE).
-CHILD_INFRA_EXIT = 75
+CHILD_INFRA_EXIT = Exit.INFRASTRUCTURE
 NONE = "(none)"
 
 

@@ -389,7 +389,7 @@ def test_a_busy_device_stops_the_rollout_and_earlier_phases_are_rolled_back(
     finally:
         other.close()
     capsys.readouterr()
-    assert code == 3
+    assert code == 75  # infrastructure (hil.exit_codes), as a pytest run says it
     assert _active(roll_lab) == before  # the canary, updated and accepted in phase 1, is back too
     record = json.loads((tmp_path / "report" / "rollout.json").read_text())
     assert [p["result"] for p in record["phases"]] == ["passed", "stopped", "not reached"]

@@ -20,17 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from hil import checks
+from hil.exit_codes import Exit
 from hil.report.files import write_bytes_atomic
 
 SCHEMA = "hil.summary/1"
 
-# Exit codes a CI can rely on (README "Exit codes"). 75 is sysexits' EX_TEMPFAIL: try again later.
-EXIT_PASSED = 0
-EXIT_PRODUCT_FAILURE = 1
-EXIT_INFRASTRUCTURE = 75
+# Exit codes a CI can rely on: hil.exit_codes, the one table (README "Exit codes").
+EXIT_PASSED = Exit.OK
+EXIT_PRODUCT_FAILURE = Exit.FAILED
+EXIT_INFRASTRUCTURE = Exit.INFRASTRUCTURE
 # pytest's "no tests" code, also when tests were collected but the selection left none on a device:
 # nothing was validated, which must not pass a release gate.
-EXIT_NO_DEVICES = 5
+EXIT_NO_DEVICES = Exit.NO_DEVICES
 
 # The facts that change what a device measures: two runs are comparable only when they agree.
 FINGERPRINT_FACTS = ("arch", "cpu_count", "cpu_quota", "memory_limit_bytes", "memory_total_bytes", "kernel", "os",

@@ -1,0 +1,53 @@
+"""Every hil command that changes a device or measures on it takes the device's lease first (hil.pool): it
+never pulls a device from under a run that holds it, and inside `hil lease DEVICE -- CMD` it joins that lease."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hil.device import Device
+from hil.lab import EmulatedLab
+from hil.lease import Lease, holder_of
+from tests.conftest import needs_root
+
+pytestmark = needs_root
+
+MODEL = Path(__file__).resolve().parents[1] / "fixtures" / "models" / "digits-mlp"
+
+
+@pytest.fixture
+def hil(lab: EmulatedLab) -> list[str]:
+    return [sys.executable, "-m", "hil.cli", "--devices", str(lab.inventory.path), "--lease-timeout", "1"]
+
+
+@pytest.mark.parametrize("command", [["run", "emu-a", "--", "true"], ["faults", "clear", "emu-a"],
+                                     ["reboot", "emu-a"], ["rollback", "emu-a", "digits-mlp"],
+                                     ["deploy", "emu-a", str(MODEL)], ["bench", "emu-a", str(MODEL)],
+                                     ["eval", "emu-a", str(MODEL)]])
+def test_a_command_waits_for_the_holder_and_says_who_it_is(hil: list[str], device_a: Device,
+                                                           command: list[str]) -> None:
+    with Lease(device_a, "nightly-run-42", timeout=5):
+        out = subprocess.run([*hil, *command], capture_output=True, text=True, timeout=60)
+        assert holder_of(device_a) is not None and holder_of(device_a).run_id == "nightly-run-42"
+    assert out.returncode == 75, out.stdout + out.stderr  # infrastructure: the lab is busy, retry
+    assert "leased by" in out.stderr and "nightly-run-42" in out.stderr and "still busy after 1." in out.stderr
+
+
+def test_a_read_only_look_needs_no_lease(hil: list[str], device_a: Device) -> None:
+    with Lease(device_a, "nightly-run-43", timeout=5):
+        out = subprocess.run([*hil, "run", "--no-lease", "emu-a", "--", "echo", "looked"], capture_output=True,
+                             text=True, timeout=60)
+        faults = subprocess.run([*hil, "faults", "list", "emu-a"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout == "looked\n", out.stderr
+    assert faults.returncode == 0, faults.stderr
+
+
+def test_a_command_inside_hil_lease_joins_that_lease(hil: list[str]) -> None:
+    inner = [*hil, "run", "emu-a", "--", "echo", "inside"]
+    out = subprocess.run([*hil, "lease", "emu-a", "--", *inner], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout == "inside\n" and "leased to" in out.stderr
