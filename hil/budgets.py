@@ -16,7 +16,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import numpy.typing as npt
 
 from hil import checks
@@ -46,7 +45,6 @@ __all__ = [
     "Verdict",
     "assert_budget",
     "budgets_for_tags",
-    "check_adaptive",
     "check_budget",
     "check_cv",
     "check_max",
@@ -180,15 +178,6 @@ def check_percentile(latencies_ms: npt.ArrayLike, q: float, limit_ms: float, con
         comparator=AT_MOST, verdict=verdict, confidence=float(confidence), lower_bound=bounds.lower,
         upper_bound=bounds.upper, samples=bounds.n, more_samples=more,
         note=f"sequential, {looks} looks" if looks > 1 else "")
-
-
-def check_adaptive(stop: AdaptiveStop, latencies_ms: npt.ArrayLike) -> Measurement:
-    """The measurement behind stop.decide(latencies_ms): the same samples (up to the last look), the same bounds."""
-    x = np.asarray(latencies_ms, dtype=np.float64).reshape(-1)
-    look = stop.last_look(int(x.size))
-    if look is None:
-        raise ValueError(f"{x.size} samples: the first look is at {stop.looks[0]}")
-    return check_percentile(x[:look], stop.q, stop.limit_ms, stop.confidence, looks=len(stop.looks))
 
 
 def check_cv(latencies_ms: npt.ArrayLike, threshold: float = DEFAULT_CV_THRESHOLD) -> Measurement:

@@ -503,6 +503,56 @@ def cmd_eval(args: argparse.Namespace, inventory: Inventory) -> int:
     return {Verdict.FAIL: EXIT_FAILED, Verdict.INCONCLUSIVE: EXIT_INCONCLUSIVE}.get(verdict, 0) if verdict else 0
 
 
+def rollout_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `hil rollout` (the top-level --devices gives devices.toml)."""
+    parser.add_argument("artifact_dir", metavar="ARTIFACT_DIR", help="the signed artifact to roll out")
+    parser.add_argument("--tags", default=None, metavar="TAG[,TAG]", help="targets: devices having all these tags")
+    parser.add_argument("--device", dest="names", action="append", default=[], metavar="NAME",
+                        help="targets: this device (repeatable; with --tags it must have them too)")
+    parser.add_argument("--canary", type=int, required=True, metavar="N", help="devices in the first phase")
+    parser.add_argument("--phases", default="100%", metavar="P%,...,100%",
+                        help="after the canary: at least ceil(P%% of targets) updated by the end of each phase "
+                             "(default: %(default)s)")
+    parser.add_argument("--acceptance", default=None, metavar='"PYTEST ARGS"',
+                        help="the acceptance suite, run per phase on its devices (use --acceptance=-x... for args "
+                             "starting with '-'); default: none, the deploy alone gates")
+    parser.add_argument("--lease-timeout", type=float, default=DEFAULT_LEASE_TIMEOUT, metavar="S",
+                        help="wait this long for a device another run holds (default: %(default)g)")
+    parser.add_argument("--acceptance-timeout", type=float, default=3600.0, metavar="S",
+                        help="a phase's acceptance run is failed after this long (default: %(default)s)")
+    parser.add_argument("--report-dir", default=None, metavar="DIR",
+                        help="for phase-N.log and rollout.json (default: reports/rollout-<UTC timestamp>)")
+    parser.add_argument("--allow-cpu-fallback", action="store_true",
+                        help="deploy even when the manifest's execution providers are missing, running on CPU")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+
+
+def cmd_rollout(args: argparse.Namespace, inventory: Inventory) -> int:
+    """Plan, then (unless --dry-run) run the rollout engine (hil.rollout), printing its progress."""
+    try:
+        tags = rollout.parse_tags(args.tags)
+        state = rollout.prepare(
+            inventory, Path(args.artifact_dir), tags=tags, names=args.names, canary=args.canary, phases=args.phases,
+            acceptance=args.acceptance, lease_timeout=args.lease_timeout, acceptance_timeout=args.acceptance_timeout,
+            allow_cpu_fallback=args.allow_cpu_fallback,
+            report_dir=Path(args.report_dir) if args.report_dir else rollout.default_report_dir(),
+            say=lambda text: print(text, flush=True))
+    except HilError as exc:
+        print(f"hil rollout: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(rollout.plan_text(state, tags), flush=True)
+    if args.dry_run:
+        return Exit.OK
+    try:
+        state.options.report_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"hil rollout: error: --report-dir: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    code = rollout.execute(state)
+    print(rollout.summary_text(state, code), flush=True)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hil", description="hardware-in-the-loop validation for edge AI",
                                      epilog="exit codes (every command):\n" + exit_table(),
@@ -658,8 +708,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "acceptance suite; roll back on failure",
                             description="Exit status: 0 rolled out, 1 a phase failed (rolled back), 2 bad input, "
                                         "75 infrastructure stopped it (rolled back).")
-    rollout.add_arguments(canary)
-    canary.set_defaults(func=rollout.run_from_args)
+    rollout_arguments(canary)
+    canary.set_defaults(func=cmd_rollout)
     return parser
 
 

@@ -24,7 +24,6 @@ of the cause.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -34,7 +33,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -42,13 +41,15 @@ from pathlib import Path
 from typing import Any
 
 from hil.artifacts import Artifact, load_artifact, verify
-from hil.config import DeviceConfig, Inventory, load_inventory
+from hil.config import DeviceConfig, Inventory
 from hil.deploy import deploy, rollback, status, trusted_keys
 from hil.device import Device
 from hil.errors import ConfigError, HilError, InfraError
 from hil.exit_codes import Exit
 from hil.faults.ledger import run_id as new_run_id
 from hil.lease import SHARED_RUN_ENV, Lease
+
+log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA, EXIT_INTERRUPTED = (Exit.OK, Exit.FAILED, Exit.USAGE, Exit.INFRASTRUCTURE,
                                                                 Exit.INTERRUPTED)
@@ -188,6 +189,8 @@ class Rollout:
     outcomes: dict[str, DeviceOutcome] = field(default_factory=dict)
     phases: list[PhaseOutcome] = field(default_factory=list)
     reason: str = ""
+    # Where progress goes ("phase 1 (canary): ...", "rolling back ..."): the engine never prints itself.
+    say: Callable[[str], None] = field(default=log.info, repr=False)
 
     def __post_init__(self) -> None:
         self.outcomes = {n: DeviceOutcome(n, p.number) for p in self.plan for n in p.devices}
@@ -219,7 +222,7 @@ def _lease(state: Rollout, names: Sequence[str]) -> None:
     for name in sorted(names):
         device = Device(state.inventory.get(name))
         state.devices[name] = device
-        print(f"  {name}: leasing (up to {state.options.lease_timeout:g} s)", flush=True)
+        state.say(f"  {name}: leasing (up to {state.options.lease_timeout:g} s)")
         try:
             state.leases.append(Lease(device, state.run_id, state.options.lease_timeout).acquire())
         except HilError as exc:
@@ -242,7 +245,7 @@ def _deploy_one(state: Rollout, name: str) -> None:
     outcome.result = "updated (already active)" if result.already_active else "updated"
     sent = "nothing sent" if result.already_active else f"{result.transferred_bytes} bytes sent"
     new = f"{result.version}-{result.sha256[:12]}"  # the version directory, as deploy.status names it
-    print(f"  {name}: {outcome.before or NONE} -> {new} ({sent}, {result.seconds:.1f} s)", flush=True)
+    state.say(f"  {name}: {outcome.before or NONE} -> {new} ({sent}, {result.seconds:.1f} s)")
 
 
 def acceptance_command(options: Options, inventory_path: Path, devices: Sequence[str], junit: Path) -> list[str]:
@@ -301,28 +304,28 @@ def _accept(state: Rollout, record: PhaseOutcome) -> None:
     log_path = options.report_dir / f"phase-{phase.number}.log"
     command = acceptance_command(options, state.inventory.path.resolve(), phase.devices,
                                  options.report_dir / f"phase-{phase.number}.xml")
-    print(f"  acceptance on {', '.join(phase.devices)} (log: {log_path})", flush=True)
+    state.say(f"  acceptance on {', '.join(phase.devices)} (log: {log_path})")
     started = time.monotonic()
     code = run_acceptance(command, log_path, options.acceptance_timeout,
                           {**os.environ, SHARED_RUN_ENV: state.run_id})
     record.seconds, record.log, record.exit_code = time.monotonic() - started, str(log_path), code
     if code == 0:
         record.result = "passed"
-        print(f"  acceptance passed in {record.seconds:.1f} s", flush=True)
+        state.say(f"  acceptance passed in {record.seconds:.1f} s")
         return
     record.result = "failed"
     why = (f"timed out after {record.seconds:.1f} s (acceptance timeout {options.acceptance_timeout:g} s)"
            if code is None else f"pytest exit {code}")
     if code == CHILD_INFRA_EXIT:
         why += ": only the lab failed, no verdict on the model"
-    print(f"  acceptance FAILED ({why}); last lines of {log_path}:\n{_tail(log_path)}", flush=True)
+    state.say(f"  acceptance FAILED ({why}); last lines of {log_path}:\n{_tail(log_path)}")
     raise _Stop(EXIT_INFRA if code == CHILD_INFRA_EXIT else EXIT_FAILED,
                 f"phase {phase.number} ({phase.label}): acceptance failed ({why}), see {log_path}")
 
 
 def _run_phase(state: Rollout, record: PhaseOutcome) -> None:
     phase = record.phase
-    print(f"phase {phase.number} ({phase.label}): {', '.join(phase.devices)}", flush=True)
+    state.say(f"phase {phase.number} ({phase.label}): {', '.join(phase.devices)}")
     record.result = "stopped"
     _lease(state, phase.devices)
     for name in phase.devices:
@@ -361,7 +364,7 @@ def _restore(state: Rollout, outcome: DeviceOutcome) -> None:
 def roll_back(state: Rollout) -> None:
     """Every device this rollout deployed to, in every phase, newest first."""
     for outcome in reversed([state.outcomes[n] for n in state.devices if state.outcomes[n].attempted]):
-        print(f"  {outcome.name}: rolling back to {outcome.before or NONE}", flush=True)
+        state.say(f"  {outcome.name}: rolling back to {outcome.before or NONE}")
         _restore(state, outcome)
 
 
@@ -386,7 +389,8 @@ def _release(state: Rollout) -> None:
 
 
 def execute(state: Rollout) -> int:
-    """Run the phases; on a failure roll back everything updated; read and report the final state."""
+    """Run the phases; on a failure roll back everything updated; read the final state and write the record
+    (rollout.json). Returns the exit code (hil.exit_codes); summary_text says what happened."""
     code = EXIT_OK
     try:
         try:
@@ -400,12 +404,12 @@ def execute(state: Rollout) -> int:
         except KeyboardInterrupt:
             code, state.reason = EXIT_INTERRUPTED, "interrupted"
         if code != EXIT_OK:
-            print(f"rollout stopped: {state.reason}\nrolling back every device this rollout updated", flush=True)
+            state.say(f"rollout stopped: {state.reason}\nrolling back every device this rollout updated")
             roll_back(state)
         _read_now(state)
     finally:
         _release(state)
-    report(state, code)
+    write_record(state, code)
     return code
 
 
@@ -450,105 +454,43 @@ def record_of(state: Rollout, code: int) -> dict[str, Any]:
     }
 
 
-def report(state: Rollout, code: int) -> None:
-    rows = [o.row() for o in state.outcomes.values()]
-    print("\n" + _table(rows, ["DEVICE", "PHASE", "VERSION BEFORE", "VERSION NOW", "RESULT"]))
-    for p in state.phases:
-        if p.log:
-            print(f"phase {p.phase.number} ({p.phase.label}) acceptance {p.result}: {p.log}")
+def write_record(state: Rollout, code: int) -> Path:
     path = state.options.report_dir / "rollout.json"
     path.write_text(json.dumps(record_of(state, code), indent=2) + "\n")
+    return path
+
+
+def summary_text(state: Rollout, code: int) -> str:
+    """Where every device ended, each phase's acceptance log, the verdict and the record's path."""
+    rows = [o.row() for o in state.outcomes.values()]
+    lines = ["", _table(rows, ["DEVICE", "PHASE", "VERSION BEFORE", "VERSION NOW", "RESULT"])]
+    lines += [f"phase {p.phase.number} ({p.phase.label}) acceptance {p.result}: {p.log}" for p in state.phases if p.log]
     verdict = "succeeded" if code == EXIT_OK else f"stopped (exit {code}): {state.reason}"
-    print(f"rollout {verdict}\nrecord: {path}", flush=True)
+    lines.append(f"rollout {verdict}\nrecord: {state.options.report_dir / 'rollout.json'}")
+    return "\n".join(lines)
 
 
-# -- command line -------------------------------------------------------------------------------
+def prepare(inventory: Inventory, artifact_dir: Path, *, tags: Sequence[str], names: Sequence[str], canary: int,
+            phases: str, acceptance: str | None, lease_timeout: float, acceptance_timeout: float,
+            allow_cpu_fallback: bool, report_dir: Path, say: Callable[[str], None] = log.info) -> Rollout:
+    """Check every input and the artifact's signature (on the host). Raises HilError for bad input."""
+    targets = [d.name for d in select_targets(inventory, tags, names)]
+    plan = plan_phases(targets, canary, parse_phases(phases))
+    for option, value in (("lease-timeout", lease_timeout), ("acceptance-timeout", acceptance_timeout)):
+        if not 0 < value < math.inf:
+            raise RolloutUsageError(f"--{option}: must be a number of seconds above 0")
+    try:
+        pytest_args = shlex.split(acceptance) if acceptance is not None else None
+    except ValueError as exc:
+        raise RolloutUsageError(f"--acceptance: {exc}") from None
+    artifact_dir = artifact_dir.resolve()
+    artifact = load_artifact(artifact_dir)
+    verify(artifact, trusted_keys(inventory.deploy))  # a bad artifact stops here: nothing is sent
+    options = Options(artifact_dir, pytest_args, lease_timeout, acceptance_timeout, allow_cpu_fallback, report_dir)
+    return Rollout(inventory, artifact, plan, options, say=say)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `hil rollout` (the top-level --devices gives devices.toml)."""
-    parser.add_argument("artifact_dir", metavar="ARTIFACT_DIR", help="the signed artifact to roll out")
-    parser.add_argument("--tags", default=None, metavar="TAG[,TAG]", help="targets: devices having all these tags")
-    parser.add_argument("--device", dest="names", action="append", default=[], metavar="NAME",
-                        help="targets: this device (repeatable; with --tags it must have them too)")
-    parser.add_argument("--canary", type=int, required=True, metavar="N", help="devices in the first phase")
-    parser.add_argument("--phases", default="100%", metavar="P%,...,100%",
-                        help="after the canary: at least ceil(P%% of targets) updated by the end of each phase "
-                             "(default: %(default)s)")
-    parser.add_argument("--acceptance", default=None, metavar='"PYTEST ARGS"',
-                        help="the acceptance suite, run per phase on its devices (use --acceptance=-x... for args "
-                             "starting with '-'); default: none, the deploy alone gates")
-    parser.add_argument("--lease-timeout", type=float, default=300.0, metavar="S",
-                        help="wait this long for a device another run holds (default: %(default)s)")
-    parser.add_argument("--acceptance-timeout", type=float, default=3600.0, metavar="S",
-                        help="a phase's acceptance run is failed after this long (default: %(default)s)")
-    parser.add_argument("--report-dir", default=None, metavar="DIR",
-                        help="for phase-N.log and rollout.json (default: reports/rollout-<UTC timestamp>)")
-    parser.add_argument("--allow-cpu-fallback", action="store_true",
-                        help="deploy even when the manifest's execution providers are missing, running on CPU")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
-
-
-def _report_dir(given: str | None) -> Path:
-    if given:
-        return Path(given)
+def default_report_dir() -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = Path("reports") / f"rollout-{stamp}"
     return path if not path.exists() else path.with_name(f"{path.name}-{os.getpid()}")
-
-
-def prepare(args: argparse.Namespace, inventory: Inventory) -> tuple[Rollout, list[str]]:
-    """Check every input and the artifact's signature (on the host). Raises HilError for bad input."""
-    tags = parse_tags(args.tags)
-    targets = [d.name for d in select_targets(inventory, tags, args.names)]
-    plan = plan_phases(targets, args.canary, parse_phases(args.phases))
-    for option in ("lease_timeout", "acceptance_timeout"):
-        if not 0 < getattr(args, option) < math.inf:
-            raise RolloutUsageError(f"--{option.replace('_', '-')}: must be a number of seconds above 0")
-    try:
-        acceptance = shlex.split(args.acceptance) if args.acceptance is not None else None
-    except ValueError as exc:
-        raise RolloutUsageError(f"--acceptance: {exc}") from None
-    artifact_dir = Path(args.artifact_dir).resolve()
-    artifact = load_artifact(artifact_dir)
-    verify(artifact, trusted_keys(inventory.deploy))  # a bad artifact stops here: nothing is sent
-    options = Options(artifact_dir, acceptance, args.lease_timeout, args.acceptance_timeout,
-                      args.allow_cpu_fallback, _report_dir(args.report_dir))
-    return Rollout(inventory, artifact, plan, options), tags
-
-
-def run_from_args(args: argparse.Namespace, inventory: Inventory) -> int:
-    try:
-        state, tags = prepare(args, inventory)
-    except HilError as exc:
-        print(f"hil rollout: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    print(plan_text(state, tags), flush=True)
-    if args.dry_run:
-        return EXIT_OK
-    try:
-        state.options.report_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"hil rollout: error: --report-dir: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    return execute(state)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hil-rollout", description="Canary rollout of an artifact to devices.")
-    parser.add_argument("--devices", default="devices.toml", help="devices.toml of the lab (default: %(default)s)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what hil does")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        inventory = load_inventory(args.devices)
-    except ConfigError as exc:
-        print(f"hil rollout: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    return run_from_args(args, inventory)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -172,7 +172,7 @@ def percentile_verdicts(latencies_ms: Any, limits: Mapping[float, float], stop: 
 
     The bounds are taken at the run's Bonferroni-corrected confidence (hil.stats.AdaptiveStop), so
     stopping as soon as the driving percentile is decided does not inflate the error rate; for the
-    driving percentile this is exactly hil.budgets.check_adaptive.
+    driving percentile the verdict is the one the device's AdaptiveStop reached.
     """
     looks = len(stop.looks) if stop is not None else 1
     last = stop.last_look(len(latencies_ms)) if stop is not None else None
@@ -197,7 +197,7 @@ class Latency:
     @property
     def cold_start_ms(self) -> float:
         """Session creation plus the first inference: what a freshly started service waits."""
-        return self.run.session.create_ms + self.run.cold_start_ms
+        return self.run.cold_start_ms
 
     def attach(self) -> None:
         """The run in the report: summary, raw samples, histogram and CDF with the budgets, telemetry."""
@@ -223,7 +223,7 @@ class Latency:
         yield "hil.latency.inputs", self.inputs
         yield "hil.cold_start_ms", self.cold_start_ms
         yield "hil.session_create_ms", run.session.create_ms
-        yield "hil.first_inference_ms", run.cold_start_ms
+        yield "hil.first_inference_ms", run.first_inference_ms
         yield "hil.peak_rss_mib", run.memory.peak_rss_mib
 
 

@@ -19,7 +19,6 @@ from hil.budgets import (
     Verdict,
     assert_budget,
     budgets_for_tags,
-    check_adaptive,
     check_cv,
     check_max,
     check_min,
@@ -118,15 +117,17 @@ def test_check_percentile_names_and_sequential_looks() -> None:
         check_percentile(x, 99, 12.0, looks=0)
 
 
-def test_check_adaptive_is_what_decide_decided() -> None:
+def test_the_hosts_verdict_is_what_the_devices_stop_decided() -> None:
+    from hil.testing import percentile_verdicts
+
     stop = AdaptiveStop(q=99, limit_ms=12.0)
     x = _latencies(stop.looks[0] + 10)
     assert stop.decide(x) is Verdict.PASS
-    m = check_adaptive(stop, x)
+    (m,) = percentile_verdicts(x, {99.0: 12.0}, stop)
     assert m.verdict is Verdict.PASS and m.samples == stop.looks[0]  # the samples after the look do not count
     assert f"{len(stop.looks)} looks" in str(m)
-    with pytest.raises(ValueError, match="first look"):
-        check_adaptive(stop, x[:10])
+    (early,) = percentile_verdicts(x[:10], {99.0: 12.0}, stop)  # before the first look: all, undecided
+    assert early.verdict is Verdict.INCONCLUSIVE
 
 
 # -- noise -------------------------------------------------------------------------------------------

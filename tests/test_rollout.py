@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from hil.artifacts import Artifact, init_manifest, load_artifact, load_private_key, sign
+from hil.cli import cmd_rollout as run_from_args
+from hil.cli import rollout_arguments as add_arguments
 from hil.config import Inventory, load_inventory
 from hil.deploy import deploy, status, trusted_keys
 from hil.device import Device
@@ -24,10 +26,8 @@ from hil.rollout import (
     Options,
     RolloutUsageError,
     acceptance_command,
-    add_arguments,
     parse_phases,
     plan_phases,
-    run_from_args,
     select_targets,
 )
 

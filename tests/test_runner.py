@@ -30,7 +30,6 @@ from hil.runner import (
     run_sweep,
     ship_runner,
 )
-from hil.runner.driver import STATS_SOURCE
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "fixtures" / "models"
@@ -94,7 +93,8 @@ def test_latency_run_reports_raw_latencies_and_runner_facts(cnn_a: DeployedModel
     summary = run.summary()
     assert 0 < summary["min_ms"] <= summary["p50_ms"] <= summary["p90_ms"] <= summary["p99_ms"] <= summary["max_ms"]
     assert summary["p50_ms"] < 50 and run.items_per_s > 0
-    assert run.session.create_ms > 0 and run.cold_start_ms > 0 and run.warmup_iterations == 20
+    assert run.session.create_ms > 0 and run.first_inference_ms > 0
+    assert run.cold_start_ms == run.session.create_ms + run.first_inference_ms and run.warmup_iterations == 20
     assert run.session.providers == (CPU,) and run.session.fallback is None
     assert run.session.op_providers["Conv"] == CPU and run.session.op_providers["Gemm"] == CPU
     assert run.memory.peak_rss_bytes > (run.memory.baseline_rss_bytes or 0) > 0
@@ -162,16 +162,11 @@ def test_a_run_longer_than_its_timeout_wraps_up_with_what_it_measured(cnn_a: Dep
 def test_adaptive_run_stops_once_the_verdict_is_clear(cnn_a: DeployedModel) -> None:
     run = run_latency(cnn_a, warmup=20, min_iterations=50, min_duration_s=0.0, max_iterations=20_000, threads=1,
                       stop_when=StopWhen(quantile=99, limit_ms=1000.0, confidence=0.99))
-    if not STATS_SOURCE.is_file():  # hil/ondevice/stats.py not written yet: measured, but no early stop
-        assert run.count == 20_000 and "no early stop" in (run.stop.note or "")
-        return
     assert run.stop.stopped_early and run.stop.verdict == "PASS" and run.stop.reason == "decided"
     assert 459 <= run.count < 5_000  # p99 at 99% needs at least 459 samples before the max can bound it
 
 
 def test_an_impossible_adaptive_setting_is_a_config_error(cnn_a: DeployedModel) -> None:
-    if not STATS_SOURCE.is_file():
-        pytest.skip("hil/ondevice/stats.py is not there yet")
     with pytest.raises(RunnerConfigError, match=r"emu-a.*digits-cnn.*config: stop_when cannot be decided"):
         run_latency(cnn_a, min_iterations=10, min_duration_s=0, max_iterations=100, stop_when=StopWhen(99, 5.0))
 

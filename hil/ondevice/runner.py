@@ -406,9 +406,9 @@ class Telemetry:
 def make_decider(stop_when, max_iterations):
     """The adaptive stopping rule for `stop_when`, or None without one.
 
-    Prefers hil_stats.AdaptiveStop: verdicts only at fixed looks, at a Bonferroni-corrected
-    confidence, so deciding again and again does not inflate the chance of a wrong PASS. Else
-    hil_stats.percentile_bounds checked every `check_every` iterations. Without hil_stats: no early stop.
+    hil_stats.AdaptiveStop (hil always ships hil_stats.py next to this file): verdicts only at fixed
+    looks, at a Bonferroni-corrected confidence, so deciding again and again does not inflate the
+    chance of a wrong PASS.
     """
     if not stop_when:
         return None
@@ -417,37 +417,17 @@ def make_decider(stop_when, max_iterations):
             raise RunnerFailure("config", f"stop_when.{key} must be a number")
     quantile, limit = float(stop_when["quantile"]), float(stop_when["limit_ms"])
     confidence = float(stop_when.get("confidence", 0.99))
+    import hil_stats
+
     try:
-        import hil_stats
-    except Exception as exc:  # not shipped, or broken: measure on, just without early stopping
-        return NoDecider(f"no early stop: hil_stats is not available next to the runner ({type(exc).__name__}: "
-                         f"{exc})")
-    if hasattr(hil_stats, "AdaptiveStop"):
-        try:
-            stop = hil_stats.AdaptiveStop(q=quantile, limit_ms=limit, confidence=confidence,
-                                          max_samples=max_iterations or ADAPTIVE_MAX_SAMPLES)
-            looks = stop.looks
-        except ValueError as exc:
-            raise RunnerFailure("config", "stop_when cannot be decided with these settings", str(exc)) from None
-        return LooksDecider(hil_stats, stop, looks, quantile, limit)
-    if hasattr(hil_stats, "percentile_bounds"):
-        return BoundsDecider(hil_stats.percentile_bounds, quantile, limit, confidence,
-                             int(stop_when.get("check_every", 100)))
-    return NoDecider("no early stop: hil_stats has neither AdaptiveStop nor percentile_bounds")
+        stop = hil_stats.AdaptiveStop(q=quantile, limit_ms=limit, confidence=confidence,
+                                      max_samples=max_iterations or ADAPTIVE_MAX_SAMPLES)
+    except ValueError as exc:
+        raise RunnerFailure("config", "stop_when cannot be decided with these settings", str(exc)) from None
+    return LooksDecider(hil_stats, stop, stop.looks, quantile, limit)
 
 
 ADAPTIVE_MAX_SAMPLES = 1_000_000  # the last look when only a duration bounds the run
-
-
-class NoDecider:
-    def __init__(self, note):
-        self.note = note
-
-    def next_check(self, n):
-        return None
-
-    def decide(self, samples_ms):
-        return False, None, self.note
 
 
 class LooksDecider:
@@ -466,7 +446,7 @@ class LooksDecider:
             verdict = self.stop.decide(samples_ms)
             look = self.stop.last_look(len(samples_ms))
             detail = f"p{self.quantile:g} <= {self.limit:g} ms after {look} samples: {verdict or 'undecided'}"
-            if look is not None and hasattr(self.stats, "percentile_bounds"):
+            if look is not None:
                 b = self.stats.percentile_bounds(samples_ms[:look], self.quantile, self.stop.look_confidence)
                 detail += f" (bounds [{fmt(b.lower)}, {fmt(b.upper)}] ms at {self.stop.look_confidence:.6g})"
         except Exception as exc:  # a stats bug must not lose the measurement: go on without early stop
@@ -475,41 +455,6 @@ class LooksDecider:
             return False, None, self.failed
         verdict = str(verdict) if verdict is not None else None
         return verdict in ("PASS", "FAIL"), verdict, detail
-
-
-class BoundsDecider:
-    """hil_stats.percentile_bounds every `check_every` iterations (sparser as samples grow)."""
-
-    def __init__(self, bounds, quantile, limit, confidence, check_every):
-        self.bounds, self.quantile, self.limit, self.confidence = bounds, quantile, limit, confidence
-        self.check_every = max(1, check_every)
-        self.note = None
-        self.failed = None
-        self.last = None
-
-    def next_check(self, n):
-        if self.failed:
-            return None
-        if self.last is None:
-            return n
-        # At least check_every apart and ~10% more samples each time, so checks stay a small part of the run.
-        return max(n, self.last + max(self.check_every, self.last // 10))
-
-    def decide(self, samples_ms):
-        self.last = len(samples_ms)
-        try:
-            b = self.bounds(samples_ms, self.quantile, self.confidence)
-        except Exception as exc:
-            self.failed = f"no early stop: hil_stats.percentile_bounds failed: {type(exc).__name__}: {exc}"
-            log(self.failed)
-            return False, None, self.failed
-        lower, upper = getattr(b, "lower", None), getattr(b, "upper", None)
-        what = f"p{self.quantile:g} bounds [{fmt(lower)}, {fmt(upper)}] ms at {self.confidence:g} confidence"
-        if upper is not None and upper <= self.limit:
-            return True, "PASS", f"{what}: upper bound <= limit {self.limit:g} ms"
-        if lower is not None and lower > self.limit:
-            return True, "FAIL", f"{what}: lower bound > limit {self.limit:g} ms"
-        return False, None, f"{what}: not decided against {self.limit:g} ms"
 
 
 def fmt(value):
@@ -726,7 +671,7 @@ def run_latency(ort, np, config):
         cold, warm = warm_up(run, feed, number(config, "warmup", 50, int, 0))
     except Exception as exc:
         raise classify(exc, "runtime", "the first inference failed") from None
-    report["cold_start_ms"] = cold / NS_PER_MS
+    report["first_inference_ms"] = cold / NS_PER_MS
     report["warmup"] = {"iterations": len(warm), "mean_ms": (sum(warm) / len(warm) / NS_PER_MS) if warm else None}
     cpu_before, throttle_before = cpu_times(), cgroup_cpu_stat()
     try:
