@@ -158,7 +158,8 @@ class _Run:
     seconds: float
 
 
-def _session_config(deployed: DeployedModel, threads: int | None, settings: SessionSettings) -> dict[str, Any]:
+def session_config(deployed: DeployedModel, threads: int | None, settings: SessionSettings) -> dict[str, Any]:
+    """The runner config's session part (model, providers, threads, options): every mode uses the same."""
     providers = settings.providers if settings.providers is not None else deployed.result.providers
     return {"model": deployed.path, "providers": list(providers or ("CPUExecutionProvider",)),
             "allow_fallback": settings.allow_fallback,
@@ -173,7 +174,8 @@ def _context(deployed: DeployedModel, report: Mapping[str, Any], seconds: float)
                       dict(report.get("env") or {}), seconds)
 
 
-def _who(deployed: DeployedModel) -> dict[str, str]:
+def runner_context(deployed: DeployedModel) -> dict[str, str]:
+    """Device, model and version, as a RunnerError names where it happened."""
     m = deployed.artifact.manifest
     return {"device": deployed.device.name, "model": m.name, "version": m.version}
 
@@ -203,16 +205,17 @@ def _oom_evidence(device: Device) -> str:
     return " ".join(found) or "oom_kill counter not readable"
 
 
-def _raise_for(deployed: DeployedModel, report: Mapping[str, Any]) -> None:
+def raise_for_report(deployed: DeployedModel, report: Mapping[str, Any]) -> None:
+    """Raise the RunnerError that a runner report's error stands for (nothing when it has none)."""
     error = report.get("error") or {}
     category = error.get("category", "runtime")
     message = error.get("message", "the runner reported a failure")
     detail = error.get("detail", "")
     if category == CONFIG:
-        raise RunnerConfigError(message, detail=detail, **_who(deployed))
+        raise RunnerConfigError(message, detail=detail, **runner_context(deployed))
     kind = BY_CATEGORY.get(category, RunnerError)
     raise kind(message, category=category if category in BY_CATEGORY else "runtime", detail=detail,
-               **_who(deployed))
+               **runner_context(deployed))
 
 
 def _invoke(deployed: DeployedModel, config: dict[str, Any], timeout: float, *, keep_dir: bool = False) -> _Run:
@@ -238,7 +241,7 @@ def _invoke(deployed: DeployedModel, config: dict[str, Any], timeout: float, *, 
             _remove(device, directory)
             raise RunnerTimeout(f"the runner did not finish: killed after {time.monotonic() - started:.1f} s "
                                 f"(timeout {timeout:g} s)",
-                                detail=exc.stderr.strip()[-500:], **_who(deployed)) from None
+                                detail=exc.stderr.strip()[-500:], **runner_context(deployed)) from None
         seconds = time.monotonic() - started
         report = _parse_report(result.stdout)
         if report is not None and report.get("ok"):
@@ -246,18 +249,18 @@ def _invoke(deployed: DeployedModel, config: dict[str, Any], timeout: float, *, 
         if keep_dir:
             _remove(device, directory)
         if report is not None:
-            _raise_for(deployed, report)
+            raise_for_report(deployed, report)
         if result.exit_status in KILLED:
             raise OutOfMemory(f"the runner was killed by SIGKILL (exit {result.exit_status}) after {seconds:.1f} s: "
                               "the kernel's OOM killer, the model does not fit in the device's memory",
-                              category=OUT_OF_MEMORY, detail=_oom_evidence(device), **_who(deployed))
+                              category=OUT_OF_MEMORY, detail=_oom_evidence(device), **runner_context(deployed))
         if result.exit_status == NO_SCRIPT and "can't open file" in result.stderr and attempt == 1:
             log.warning("%s: the runner is gone from the device (workdir wiped?); shipping it again", device.name)
             _forget(device)
             continue
         raise RunnerCrashed(f"the runner ended with exit status {result.exit_status} and no report",
                             detail=(result.stderr or result.stdout).strip()[-800:], exit_status=result.exit_status,
-                            **_who(deployed))
+                            **runner_context(deployed))
     raise AssertionError("unreachable")
 
 
@@ -300,7 +303,7 @@ def run_latency(deployed: DeployedModel, *, batch: int = 1, warmup: int = 50, mi
     if stop_when is not None and max_iterations is None and max_duration_s is None:
         # A duration cap, not a count: a count below what min_duration_s needs would end the loop before any look.
         max_duration_s = max(10 * min_duration_s, ADAPTIVE_MIN_CAP_S)
-    config = {"mode": "latency", **_session_config(deployed, threads, session or SessionSettings()),
+    config = {"mode": "latency", **session_config(deployed, threads, session or SessionSettings()),
               "batch": batch, "warmup": warmup, "min_iterations": min_iterations, "min_duration_s": min_duration_s,
               "max_iterations": max_iterations, "max_duration_s": max_duration_s, "seed": seed,
               "stop_when": asdict(stop_when) if stop_when else None, "telemetry_interval_s": telemetry_interval_s,
@@ -323,7 +326,7 @@ def run_eval(deployed: DeployedModel, inputs_npz: Path, input_key: str | None = 
     through the model on the device; outputs come back as arrays."""
     device = deployed.device
     remote_npz = ship_inputs(device, Path(inputs_npz))
-    config = {"mode": "eval", **_session_config(deployed, threads, session or SessionSettings()),
+    config = {"mode": "eval", **session_config(deployed, threads, session or SessionSettings()),
               "eval": {"npz": remote_npz, "key": input_key, "keys": dict(input_keys or {}), "batch": batch}}
     size_mib = Path(inputs_npz).stat().st_size / 2**20
     run = _invoke(deployed, config, timeout or STARTUP_S + WRAP_UP_S + 120 + 2 * size_mib, keep_dir=True)
@@ -349,7 +352,7 @@ def run_sweep(deployed: DeployedModel, batches: Sequence[int] = (1, 2, 4, 8, 16,
               dims: Mapping[str, int] | None = None, timeout: float | None = None) -> SweepRun:
     """Throughput per batch size (items/s = batch x runs/s), each from a short timed loop; reports the best.
     Inputs as run_latency takes them (rows of `inputs_npz`, else random data of the `dims` sizes)."""
-    config = {"mode": "sweep", **_session_config(deployed, threads, session or SessionSettings()), "seed": seed,
+    config = {"mode": "sweep", **session_config(deployed, threads, session or SessionSettings()), "seed": seed,
               "inputs": _inputs(deployed.device, inputs_npz, None, input_keys), "dims": dict(dims or {}),
               "batch": min(batches), "sweep": {"batches": list(batches), "warmup": warmup,
                                                "min_iterations": min_iterations, "min_duration_s": min_duration_s,

@@ -37,7 +37,15 @@ from hil.deadline import Deadline
 from hil.deploy import DeployedModel
 from hil.device import Device
 from hil.errors import InfraError
-from hil.runner.driver import STARTUP_S, SessionSettings, _raise_for, _session_config, _who, ship_inputs, ship_runner
+from hil.runner.driver import (
+    STARTUP_S,
+    SessionSettings,
+    raise_for_report,
+    runner_context,
+    session_config,
+    ship_inputs,
+    ship_runner,
+)
 from hil.runner.errors import RunnerCrashed, RunnerTimeout
 
 log = logging.getLogger(__name__)
@@ -195,7 +203,7 @@ class StreamJob:
                 still = status.state if status.running else f"{status.state} but its process is still there"
                 raise RunnerTimeout(f"stream {self.job_id} still {still} after {deadline.elapsed():.1f} s "
                                     f"(timeout {timeout:g} s)",
-                                    detail=status.message, **_who(self.deployed))
+                                    detail=status.message, **runner_context(self.deployed))
             deadline.sleep(poll)
 
     # -- control ---------------------------------------------------------------------------------
@@ -306,7 +314,7 @@ def start_stream(deployed: DeployedModel, inputs_npz: Path, input_key: str | Non
             "fps": fps, "frames": frames, "loop": loop, "offset": offset, "max_duration_s": max_duration_s,
             "fsync_every": fsync_every, "backlog_bytes": backlog_bytes, "status_interval_s": status_interval_s,
             "scores_output": scores_output}
-    config = {"mode": "stream", **_session_config(deployed, threads, session or SessionSettings()), "stream": spec}
+    config = {"mode": "stream", **session_config(deployed, threads, session or SessionSettings()), "stream": spec}
     d = shlex.quote(directory)
     # setsid: a session of its own, so neither hil's command server nor sshd can take it down with
     # them; nohup and </dev/null >file: no terminal, no pipe back to us. The shell returns at once.
@@ -331,18 +339,18 @@ def _wait_started(job: StreamJob, timeout: float) -> None:
     while True:
         status = job.status(timeout=max(deadline.remaining_or(STATUS_TIMEOUT), 1.0))
         if status.state == "failed":
-            _raise_for(job.deployed, {"error": status.error or {"message": status.message}})
+            raise_for_report(job.deployed, {"error": status.error or {"message": status.message}})
         if status.state == "crashed":
             report = status.raw.get("runner_report")
             if report is not None and not report.get("ok"):
-                _raise_for(job.deployed, report)  # it failed before it could write a status: imports, config
+                raise_for_report(job.deployed, report)  # it failed before it could write a status: imports, config
             raise RunnerCrashed(f"stream {job.job_id} ended before it started", detail=status.message,
-                                **_who(job.deployed))
+                                **runner_context(job.deployed))
         if status.state != "starting":
             return
         if deadline.expired:
             raise RunnerTimeout(f"stream {job.job_id} still starting after {deadline.elapsed():.1f} s "
-                                f"(timeout {timeout:g} s)", **_who(job.deployed))
+                                f"(timeout {timeout:g} s)", **runner_context(job.deployed))
         deadline.sleep(POLL_S)
 
 
