@@ -120,3 +120,25 @@ def test_keys_from_an_ssh_agent(lab: EmulatedLab, tmp_path: Path, monkeypatch: p
     finally:
         agent.kill()
         agent.wait()
+
+
+def test_ssh_config_proxycommand_is_honoured(lab: EmulatedLab, tmp_path: Path) -> None:
+    """ssh_config's ProxyCommand carries the session (it was silently ignored): the proxy runs, and the
+    device's host key is still checked against the pinned one."""
+    a = lab.inventory.get("emu-a")
+    marker = tmp_path / "proxied"
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host edge-behind-proxy\n  HostName {a.ssh.host}\n"
+                      f"  ProxyCommand sh -c 'touch {marker}; exec socat - TCP:%h:%p'\n")
+    ssh = dataclasses.replace(a.ssh, host="edge-behind-proxy", config_file=config, bind_interface=None)
+    assert resolve(ssh).proxy_command == f"sh -c 'touch {marker}; exec socat - TCP:{a.ssh.host}:22'"
+    device = Device(dataclasses.replace(a, ssh=ssh))
+    try:
+        assert device.run("hostname", timeout=10).stdout == "emu-a\n"
+        assert marker.exists()
+    finally:
+        device.close()
+    both = tmp_path / "both"
+    both.write_text("Host x\n  ProxyJump bastion\n  ProxyCommand socat - TCP:%h:%p\n")
+    with pytest.raises(ConfigError, match="both ProxyJump and ProxyCommand"):
+        resolve(SshConfig(host="x", config_file=both))

@@ -35,9 +35,11 @@ class Endpoint:
     strict: bool
     bind_interface: str | None
     jump: Endpoint | None
+    proxy_command: str | None = None  # ssh_config ProxyCommand, tokens (%h, %p, %r) already expanded
 
     def __str__(self) -> str:
-        via = f" via {self.jump}" if self.jump else ""
+        via = f" via {self.jump}" if self.jump else f" via ProxyCommand {self.proxy_command!r}" \
+            if self.proxy_command else ""
         return f"{self.user}@{self.hostname}:{self.port}{via}"
 
 
@@ -77,6 +79,10 @@ def _endpoint(*, alias: str, entry: dict[str, object], config_file: Path | None,
     listed = str(entry.get("userknownhostsfile", "")).split()
     files = [known_hosts] if known_hosts else [Path(p).expanduser() for p in listed]
     strict_entry = str(entry.get("stricthostkeychecking", "")).lower()
+    proxy = str(entry["proxycommand"]) if "proxycommand" in entry else None
+    if proxy is not None and jump is not None:
+        raise ConfigError(f"{config_file}: host {alias} has both ProxyJump and ProxyCommand; OpenSSH uses only "
+                          "one of them: keep the one you mean")
     return Endpoint(
         alias=alias,
         hostname=str(entry.get("hostname", alias)),
@@ -87,6 +93,7 @@ def _endpoint(*, alias: str, entry: dict[str, object], config_file: Path | None,
         strict=strict and strict_entry not in ("no", "off", "accept-new"),
         bind_interface=bind_interface or (str(entry["bindinterface"]) if "bindinterface" in entry else None),
         jump=jump,
+        proxy_command=None if proxy is None or proxy.lower() == "none" else proxy,
     )
 
 

@@ -350,9 +350,17 @@ class SshTransport:
         self._ever_connected = True
         self.connects += 1
 
-    def _dial(self, endpoint: Endpoint, jumps: list[paramiko.SSHClient]) -> socket.socket | paramiko.Channel:
-        """A byte stream to the endpoint's sshd: a TCP socket, or a tunnel through the jump host(s)."""
+    def _dial(self, endpoint: Endpoint, jumps: list[paramiko.SSHClient]
+              ) -> socket.socket | paramiko.Channel | paramiko.ProxyCommand:
+        """A byte stream to the endpoint's sshd: a TCP socket, a ProxyCommand, or a tunnel through jump hosts."""
         tcp, t = self._timeouts()
+        if endpoint.proxy_command is not None:
+            # ssh_config's ProxyCommand: the command's stdin/stdout is the byte stream to sshd.
+            try:
+                return paramiko.ProxyCommand(endpoint.proxy_command)
+            except paramiko.ProxyCommandFailure as exc:
+                raise ConnectError(f"device '{self.device}': ProxyCommand {endpoint.proxy_command!r} failed: "
+                                   f"{exc}") from None
         if endpoint.jump is None:
             return open_socket(endpoint.hostname, endpoint.port, tcp, endpoint.bind_interface)
         bastion = self._connect(endpoint.jump, jumps, password=None, role="jump host")
@@ -388,7 +396,7 @@ class SshTransport:
         t = self._timeouts()[1]
         host_entry = endpoint.hostname if endpoint.port == 22 else f"[{endpoint.hostname}]:{endpoint.port}"
         started = Deadline.after(None)
-        sock: socket.socket | paramiko.Channel | None = None
+        sock: socket.socket | paramiko.Channel | paramiko.ProxyCommand | None = None
         try:
             sock = self._dial(endpoint, jumps)
             # Keys from devices.toml or IdentityFile, then the ssh-agent, then ~/.ssh/id_*, then a password.
