@@ -1,14 +1,16 @@
 """The pytest plugin: devices.toml -> parametrized `device` fixture, markers, lab bring-up, quarantine.
 
-Thin wiring only; the work is done by hil.config, hil.device and hil.lab.
+Thin wiring only; the work is done by hil.pool (devices, leases, health, quarantine), hil.config,
+hil.device and hil.lab.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import allure
@@ -18,11 +20,9 @@ from hil.artifacts import Artifact, load_artifact
 from hil.config import Inventory, load_inventory
 from hil.deploy import DeployedModel, deploy, trusted_keys
 from hil.device import Device
-from hil.errors import CapabilityMissing, ConfigError, DeviceUnhealthy, HilError, InfraError, TransportError
+from hil.errors import CapabilityMissing, ConfigError, DeviceUnhealthy, InfraError, TransportError
 from hil.faults.injector import FaultInjector
-from hil.faults.ledger import run_id as fault_run_id
-from hil.faults.ledger import sweep as sweep_faults
-from hil.lease import Lease, lease_together
+from hil.pool import AlreadyOut, DevicePool
 from hil.report.allure_io import attach_json
 from hil.report.run_info import RUN_INFO, RunInfo
 from hil.xdist_scheduling import make_scheduler
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 pytest_plugins = ["hil.report.pytest_plugin", "hil.testing_plugin"]
 
 DEFAULT_DEVICES = "devices.toml"
-_SESSION_KEY = pytest.StashKey["HilSession"]()
+_SESSION_KEY = pytest.StashKey[DevicePool]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -54,195 +54,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--hil-dim", metavar="NAME=SIZE", action="append", default=[],
                     help="time latency on random inputs with this named dimension (repeatable, e.g. seq=128) "
                          "instead of rows of the artifact's eval inputs")
-
-
-@dataclass
-class HilSession:
-    """Per-process state: the inventory, one Device (one connection) per device, and who is broken."""
-
-    inventory: Inventory | None
-    selected: list[str]
-    auto_lab: bool
-    devices: dict[str, Device] = field(default_factory=dict)
-    broken: dict[str, str] = field(default_factory=dict)
-    reported: set[str] = field(default_factory=set)
-    lab_checked: bool = False
-    lab_error: HilError | None = None
-    lease_timeout: float = 300.0
-    per_test_lease: bool = False  # pytest-xdist workers lease per test (see the device fixture)
-    leases: dict[str, Lease] = field(default_factory=dict)
-    swept: dict[str, list[str]] = field(default_factory=dict)  # faults an earlier run left, undone at start
-    timing: dict[str, tuple[str, ...]] = field(default_factory=dict)  # health warnings that void a timing FAIL
-    pending: dict[str, Device] = field(default_factory=dict)  # connected, not yet checked (see connection)
-    worker_lease: Lease | None = None  # xdist: the lease of the device of this worker's current run of tests
-    run_id: str = field(default_factory=fault_run_id)
-
-    def _check(self, name: str) -> None:
-        """A device already out of this run: its first test reports why, the others skip."""
-        if name in self.broken:
-            if name in self.reported:
-                pytest.skip(f"device '{name}' is out of this run (infrastructure): {self.broken[name]}")
-            self.reported.add(name)
-            raise DeviceUnhealthy(f"device '{name}' is out of this run (infrastructure): {self.broken[name]}")
-
-    def _out(self, name: str, reason: str, device: Device | None = None) -> None:
-        self._release(name)
-        device = device or self.pending.pop(name, None)
-        if device is not None:
-            device.close()
-        self.broken[name] = reason
-        self._check(name)  # raises
-
-    def _connect(self, name: str) -> Device:
-        assert self.inventory is not None
-        config = self.inventory.get(name)
-        if config.emulated:
-            self._ensure_lab()
-        return Device(config)
-
-    def connection(self, name: str) -> Device:
-        """The device's connection, before any lease, health check or sweep (a per-test lease needs it)."""
-        self._check(name)
-        if name in self.devices:
-            return self.devices[name]
-        if name not in self.pending:
-            try:
-                self.pending[name] = self._connect(name)
-            except HilError as exc:
-                self._out(name, str(exc))
-        return self.pending[name]
-
-    def acquire(self, name: str) -> Device:
-        """The device, leased for the run (or, under xdist, by the test), swept of old faults and healthy."""
-        self._check(name)
-        if name in self.devices:
-            lease = self.leases.get(name)
-            if lease is not None and not lease.alive:
-                # The connection dropped since (and reconnected): the device was free meanwhile. Take it
-                # again before the next test; another run may hold it now, so this may wait.
-                log.warning("%s: the run's lease was lost with its connection; leasing again", name)
-                try:
-                    self.leases[name] = Lease(self.devices[name], self.run_id, self.lease_timeout).acquire()
-                except HilError as exc:
-                    self._out(name, f"lease lost and not regained: {exc}", self.devices.pop(name))
-            return self.devices[name]
-        device = self.pending.pop(name, None)
-        try:
-            device = device or self._connect(name)
-            if not self.per_test_lease:
-                # Held for the whole run: no other run touches this device until this one ends or dies.
-                self.leases[name] = Lease(device, self.run_id, self.lease_timeout).acquire()
-        except HilError as exc:
-            self._out(name, str(exc), device)
-        assert device is not None
-        return self._ready(name, device)
-
-    def hold_for_test(self, name: str) -> None:
-        """xdist: lease `name` for the next test, keeping the lease the previous test of the same device took
-        (hil's scheduler gives a worker all tests of a device in a row; pytest_runtest_teardown gives it
-        back when the next test is on another device)."""
-        held = self.worker_lease
-        if held is not None and held.device.name == name and held.alive:
-            return
-        self.release_worker_lease()
-        self.worker_lease = Lease(self.connection(name), self.run_id, self.lease_timeout).acquire()
-
-    def release_worker_lease(self) -> None:
-        held, self.worker_lease = self.worker_lease, None
-        if held is not None:
-            held.device.close_console()  # the next holder of the device needs its console
-            held.release()
-
-    def acquire_together(self, names: list[str]) -> tuple[list[Device], list[Lease]]:
-        """Several devices for one test, leased all at once or not at all (see hil.lease.lease_together).
-
-        Returns the devices and, under xdist, the test's own leases to release; otherwise the leases
-        join the run's. Run-wide leases the run already holds on them are given back first: holding
-        some while waiting for others is how two runs would deadlock.
-        """
-        names = sorted(set(names))
-        for name in names:
-            self._check(name)
-        self.release_worker_lease()  # hold nothing while waiting for the group
-        devices: dict[str, Device] = {}
-        for name in names:
-            devices[name] = self.connection(name)
-        for name in names:
-            self._release(name)
-        taken = lease_together(list(devices.values()), self.run_id, self.lease_timeout)  # DeviceBusy: infra
-        if not self.per_test_lease:
-            self.leases.update({lease.device.name: lease for lease in taken})
-            taken = []
-        try:
-            ready = [self._ready(name, self.pending.pop(name, devices[name])) for name in names]
-        except BaseException:
-            for lease in taken:
-                lease.release()
-            raise
-        return ready, taken
-
-    def _ready(self, name: str, device: Device) -> Device:
-        if name in self.devices:
-            return device
-        try:
-            # What a crashed run left applied (a full disk, a dropped network...) is undone first: it
-            # would fail the health check, and no test may run on a device in an unknown state.
-            left = sweep_faults(device)
-            health = device.health()
-        except HilError as exc:
-            self._out(name, str(exc), device)
-        if left:
-            self.swept[name] = [r.describe() for r in left]  # from the ledger, and found in the kernel
-        if not health.ok:
-            self._out(name, "; ".join(health.problems), device)
-        for warning in health.warnings:
-            log.warning("%s: %s", name, warning)
-        self.timing[name] = health.timing_warnings
-        self.devices[name] = device
-        return device
-
-    def _ensure_lab(self) -> None:
-        if self.lab_error is not None:
-            raise self.lab_error  # one failed bring-up is enough; do not retry it for every device
-        if self.lab_checked or not self.auto_lab:
-            return
-        from hil.lab import EmulatedLab
-
-        assert self.inventory is not None
-        emulated = [n for n in self.selected if self.inventory.get(n).emulated]
-        try:
-            EmulatedLab(self.inventory).ensure_up(emulated)
-        except HilError as exc:
-            self.lab_error = exc
-            raise
-        self.lab_checked = True
-
-    def mark_broken(self, name: str, reason: str) -> None:
-        self.broken.setdefault(name, reason)
-        self.reported.add(name)  # the failing test itself already reported it
-        self._release(name)
-        device = self.devices.pop(name, None)
-        if device is not None:
-            device.close()
-
-    def _release(self, name: str) -> None:
-        """Give `name` back, whether the run or (under xdist) this worker's run of tests holds it."""
-        if self.worker_lease is not None and self.worker_lease.device.name == name:
-            self.release_worker_lease()
-        lease = self.leases.pop(name, None)
-        if lease is not None:
-            if name in self.devices:
-                self.devices[name].close_console()  # the next holder of the device needs its console
-            lease.release()
-
-    def close(self) -> None:
-        self.release_worker_lease()
-        for name in list(self.leases):
-            self._release(name)
-        for device in [*self.devices.values(), *self.pending.values()]:
-            device.close()
-        self.devices.clear()
-        self.pending.clear()
 
 
 def _inventory_path(config: pytest.Config) -> Path | None:
@@ -281,7 +92,7 @@ def pytest_configure(config: pytest.Config) -> None:
             selected = [d.name for d in inventory.select(list(dict.fromkeys(selected)))]
         except ConfigError as exc:
             raise pytest.UsageError(f"--hil-device: {exc}") from None
-    session = HilSession(inventory, selected, not config.getoption("--hil-no-lab"),
+    session = DevicePool(inventory, selected, not config.getoption("--hil-no-lab"),
                          lease_timeout=config.getoption("--hil-lease-timeout"),
                          per_test_lease=hasattr(config, "workerinput"))
     worker_input = getattr(config, "workerinput", {})
@@ -310,8 +121,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         session.close()
 
 
-def hil_session(config: pytest.Config) -> HilSession:
+def hil_session(config: pytest.Config) -> DevicePool:
+    """This process's pool of devices (hil.pool)."""
     return config.stash[_SESSION_KEY]
+
+
+@contextlib.contextmanager
+def _skip_when_out() -> Iterator[None]:
+    """A device already out of the run: its first test reported why (an error); the others skip."""
+    try:
+        yield
+    except AlreadyOut as exc:
+        pytest.skip(str(exc))
 
 
 
@@ -349,14 +170,18 @@ def device(request: pytest.FixtureRequest) -> Iterator[Device]:
     name: str = request.param
     request.node.user_properties.append(("hil.device", name))
     if not session.per_test_lease:
-        yield _report_facts(request, session.acquire(name))  # leased for the whole run
+        with _skip_when_out():
+            acquired = session.acquire(name)  # leased for the whole run
+        yield _report_facts(request, acquired)
         return
     # A pytest-xdist worker holds a device for a test, or a run of consecutive tests of that device
     # (released in pytest_runtest_teardown): workers can then share a device in turns, however xdist
     # spreads the tests. Everything, the first health check and the sweep of old faults included,
     # happens under the lease.
-    session.hold_for_test(name)
-    yield _report_facts(request, session.acquire(name))
+    with _skip_when_out():
+        session.hold_for_test(name)
+        acquired = session.acquire(name)
+    yield _report_facts(request, acquired)
 
 
 def _report_facts(request: pytest.FixtureRequest, dev: Device) -> Device:
@@ -396,7 +221,8 @@ def devices(request: pytest.FixtureRequest) -> Iterator[list[Device]]:
                     + (f"; out of the run: {', '.join(out)}" if out else ""))
     chosen = usable[:count]
     request.node.user_properties.append(("hil.device", ",".join(chosen)))
-    leased, leases = session.acquire_together(chosen)
+    with _skip_when_out():
+        leased, leases = session.acquire_together(chosen)
     try:
         yield leased
     finally:

@@ -47,7 +47,8 @@ from hil.device import Device
 from hil.errors import ConfigError, HilError, InfraError
 from hil.exit_codes import Exit
 from hil.faults.ledger import run_id as new_run_id
-from hil.lease import SHARED_RUN_ENV, Lease
+from hil.lease import SHARED_RUN_ENV
+from hil.pool import DevicePool
 
 log = logging.getLogger(__name__)
 
@@ -185,14 +186,16 @@ class Rollout:
     run_id: str = field(default_factory=lambda: f"rollout-{new_run_id()}")
     started: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     devices: dict[str, Device] = field(default_factory=dict)  # leased, in acquisition order
-    leases: list[Lease] = field(default_factory=list)
     outcomes: dict[str, DeviceOutcome] = field(default_factory=dict)
     phases: list[PhaseOutcome] = field(default_factory=list)
     reason: str = ""
     # Where progress goes ("phase 1 (canary): ...", "rolling back ..."): the engine never prints itself.
     say: Callable[[str], None] = field(default=log.info, repr=False)
 
+    pool: DevicePool = field(init=False, repr=False)  # the rollout's devices and leases (hil.pool)
+
     def __post_init__(self) -> None:
+        self.pool = DevicePool(self.inventory, run_id=self.run_id, lease_timeout=self.options.lease_timeout)
         self.outcomes = {n: DeviceOutcome(n, p.number) for p in self.plan for n in p.devices}
         self.phases = [PhaseOutcome(p) for p in self.plan]
 
@@ -220,11 +223,9 @@ def _active(device: Device, model: str) -> str | None:
 def _lease(state: Rollout, names: Sequence[str]) -> None:
     """Lease in name order (the same order every rollout uses: no deadlock between two of them)."""
     for name in sorted(names):
-        device = Device(state.inventory.get(name))
-        state.devices[name] = device
         state.say(f"  {name}: leasing (up to {state.options.lease_timeout:g} s)")
         try:
-            state.leases.append(Lease(device, state.run_id, state.options.lease_timeout).acquire())
+            state.devices[name] = state.pool.lease(name)
         except HilError as exc:
             state.outcomes[name].result = f"failed: {exc}"
             raise _Stop(EXIT_INFRA if isinstance(exc, InfraError) else EXIT_FAILED, str(exc)) from None
@@ -382,10 +383,7 @@ def _read_now(state: Rollout) -> None:
 
 
 def _release(state: Rollout) -> None:
-    for lease in reversed(state.leases):
-        lease.release()
-    for device in state.devices.values():
-        device.close()
+    state.pool.close()  # every lease, then every connection
 
 
 def execute(state: Rollout) -> int:
