@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from hil import cli
 from hil.artifacts import generate_key_pair, key_id, load_private_key, load_public_key
 from hil.errors import ConfigError
 from hil.report import evidence
@@ -25,7 +26,6 @@ from hil.report.evidence import (
     EvidenceRejected,
     build_tar,
     gzip_bytes,
-    main,
     pack,
     tar_header,
     verify,
@@ -36,6 +36,11 @@ NOW = datetime(2026, 11, 29, 12, 50, 0, tzinfo=UTC)
 MTIME = int(NOW.timestamp())
 DEVICE, MODEL = "orin-nano-emu", "digits-mlp"
 RAW_CSV = f"raw/{DEVICE}/{MODEL}/latency_ms-0123456789.csv"
+
+
+def main(argv: list[str]) -> int:
+    """`hil evidence ...` through hil's one command line."""
+    return cli.main(["evidence", *argv])
 
 
 def _summary(complete: bool = True) -> dict[str, object]:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from hil import cli
 from hil.report.gate import (
     Comparison,
     Status,
@@ -17,7 +18,6 @@ from hil.report.gate import (
     bootstrap_difference,
     bootstrap_quantiles,
     compare,
-    main,
     merge_baseline,
     parse_tolerance,
     tolerance_for,
@@ -25,6 +25,11 @@ from hil.report.gate import (
 from hil.stats import binomial_sf, nearest_rank
 
 ENV = {"arch": "x86_64", "cpus": "1.5", "onnxruntime": "1.20.1", "python": "3.11.2", "emulated": True}
+
+
+def main(argv: list[str]) -> int:
+    """`hil gate ...` through hil's one command line."""
+    return cli.main(["gate", *argv])
 
 
 def check(name: str = "latency_p99_ms", value: float | None = None, *, device: str = "dev-a", model: str = "m",

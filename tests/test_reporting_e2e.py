@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from hil import cli
 from hil.artifacts import init_manifest, load_artifact, load_private_key, sign
 from hil.lab import EmulatedLab
-from hil.report import browser, gate
+from hil.report import browser
 from hil.report.categories import INFRASTRUCTURE, LATENCY
 from hil.report.html import build_report
 from hil.report.summary import EXIT_INFRASTRUCTURE
@@ -143,9 +144,10 @@ def test_junit_names_device_and_model(runs: tuple[Run, Run]) -> None:
 def test_gate_flags_the_failed_budget_against_the_good_run(runs: tuple[Run, Run], tmp_path: Path) -> None:
     good, bad = runs
     baseline = tmp_path / "baseline.json"
-    assert gate.main(["--baseline", str(baseline), "--current", str(good.reports / "summary.json"), "--update"]) == 0
+    assert cli.main(["gate", "--baseline", str(baseline), "--current", str(good.reports / "summary.json"),
+                     "--update"]) == 0
     report = tmp_path / "gate.json"
-    code = gate.main(["--baseline", str(baseline), "--current", str(bad.reports / "summary.json"),
+    code = cli.main(["gate", "--baseline", str(baseline), "--current", str(bad.reports / "summary.json"),
                       "--json", str(report)])
     assert code == 1
     doc = json.loads(report.read_text())

@@ -20,7 +20,6 @@ import pytest
 from hil import cli
 from hil.artifacts import generate_key_pair
 from hil.lab import EmulatedLab
-from hil.report import gate
 from tests.conftest import TEST_LAB_TOML, needs_root
 from tests.user_model import build_artifact
 
@@ -137,8 +136,9 @@ def test_a_release_made_by_the_run_deploys_on_a_lab_that_trusts_only_its_own_key
 
 def test_hil_gate_compares_the_two_runs(runs: tuple[Path, Path], tmp_path: Path) -> None:
     baseline, report = tmp_path / "baseline.json", tmp_path / "gate.json"
-    assert gate.main(["--baseline", str(baseline), "--current", str(runs[0] / "summary.json"), "--update"]) == 0
-    code = gate.main(["--baseline", str(baseline), "--current", str(runs[1] / "summary.json"), "--json", str(report)])
+    assert cli.main(["gate", "--baseline", str(baseline), "--current", str(runs[0] / "summary.json"), "--update"]) == 0
+    code = cli.main(["gate", "--baseline", str(baseline), "--current", str(runs[1] / "summary.json"),
+                     "--json", str(report)])
     doc = json.loads(report.read_text())
     compared = {c["check"]: c for c in doc["comparisons"]}
     accuracy = compared["accuracy_top1"]

@@ -756,21 +756,3 @@ def add_arguments(subparsers: Any) -> argparse.ArgumentParser:
         description="Pack a run's reports into one signed archive, or verify one offline.")
     add_commands(parser)
     return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hil evidence", description="the signed evidence bundle of a run")
-    add_commands(parser)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args, None))
-    except ConfigError as exc:
-        print(f"hil: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except HilError as exc:
-        print(f"hil: error: {exc}", file=sys.stderr)
-        return EXIT_REJECTED
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -606,7 +606,7 @@ def gate_report(comparisons: Sequence[Comparison], baseline: Path, current: Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of `hil gate`, for a stand-alone parser or a `hil` subcommand."""
+    """The options of `hil gate` (hil.cli is the one command line; this module only declares them)."""
     parser.add_argument("--baseline", type=Path, required=True, metavar="BASELINE.json",
                         help="the baseline summary.json to compare with (created by --update)")
     parser.add_argument("--current", type=Path, default=DEFAULT_CURRENT, metavar="SUMMARY.json",
@@ -619,12 +619,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "unit); CHECK may be a pattern like 'latency_*'; repeatable")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the comparison as JSON to OUT")
     return parser
-
-
-def build_parser() -> argparse.ArgumentParser:
-    return add_arguments(argparse.ArgumentParser(
-        prog="hil gate",
-        description="Compare a run's summary.json with a baseline: exit 1 when a check regressed or went missing."))
 
 
 _CURRENT_ADVICE = "point --current at the reports/summary.json a hil test run wrote (run the suites first)"
@@ -672,21 +666,3 @@ def _update(path: Path, baseline: Mapping[str, Any], current: Mapping[str, Any],
     forced = f" despite the failed gate ({failing})" if not gate_passed(comparisons) else ""
     print(f"baseline {path} updated{forced}: {written} checks from this run, {kept} kept from the baseline",
           file=out)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`hil gate` as a program: 0 the gate passed, 1 it failed, 2 unusable input."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse has printed the usage error (or --help)
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    try:
-        return run(args)
-    except ConfigError as exc:
-        print(f"hil gate: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-
-
-if __name__ == "__main__":
-    sys.exit(main())

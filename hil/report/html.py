@@ -23,9 +23,7 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 from hil.errors import HilError
@@ -171,19 +169,3 @@ def run(args: argparse.Namespace) -> int:
     """Build the report from parsed arguments and print the path of index.html; errors are raised (HilError)."""
     print(build_report(args.results, args.out, timeout=args.timeout))
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(
-        prog="hil report", description="Build a single-file offline HTML report (Allure 3, allure2 plugin) "
-                                       "from Allure results."))
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except HilError as exc:
-        print(f"hil report: error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
