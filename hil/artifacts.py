@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from hil.checks import budget_keys
+from hil.digest import sha256_file
 from hil.errors import ArtifactRejected, ConfigError
 from hil.eval_contract import EvalContract, parse_contract, verify_files
 
@@ -112,26 +113,6 @@ class Artifact:
 
 def _tensor_table(t: TensorSpec) -> dict[str, Any]:
     return {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}
-
-
-# (device, inode, size, mtime_ns) -> sha256: a file that has not changed is not hashed twice in one process.
-_HASHED: dict[tuple[int, int, int, int], str] = {}
-
-
-def sha256_file(path: Path) -> str:
-    st = path.stat()
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    if key not in _HASHED:
-        _HASHED[key] = _hash(path)
-    return _HASHED[key]
-
-
-def _hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # -- reading ----------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ swapped eval data is refused like a swapped model.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from hil.digest import sha256_file
 from hil.errors import ArtifactRejected
 
 TASKS = ("classification", "regression", "agreement")
@@ -81,21 +81,13 @@ class EvalContract:
             model = self.parent_dir(directory) / "model.onnx"
             if not model.is_file():
                 raise ArtifactRejected(f"{directory}: [eval] parent '{self.parent}' has no model.onnx at {model}")
-            parent_sha256 = _sha256(model)
-        return replace(self, files={p: _sha256(_inside(directory, p, "eval file")) for p in self.paths()},
+            parent_sha256 = sha256_file(model)
+        return replace(self, files={p: sha256_file(_inside(directory, p, "eval file")) for p in self.paths()},
                        parent_sha256=parent_sha256)
 
     def parent_dir(self, directory: Path) -> Path:
         assert self.parent is not None
         return (directory / self.parent).resolve()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _inside(directory: Path, relative: str, what: str) -> Path:
@@ -194,7 +186,7 @@ def verify_files(directory: Path, contract: EvalContract, label: str) -> None:
             raise ArtifactRejected(f"{label}: rejected: eval file '{relative}' has no sha256 in [eval.files]: "
                                    "sign the artifact again (`hil artifact sign`)")
         path = _inside(directory, relative, "eval file")
-        actual = _sha256(path)
+        actual = sha256_file(path)
         if actual != expected:
             raise ArtifactRejected(f"{label}: rejected: eval file {path} has sha256 {actual}, the manifest says "
                                    f"{expected}: the eval data was changed after signing")

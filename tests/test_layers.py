@@ -29,6 +29,7 @@ PLACEMENT = {
     "hil/config.py": "config",
     "hil/errors.py": "config",
     "hil/deadline.py": "config",
+    "hil/digest.py": "config",
     "hil/checks.py": "config",
     "hil/exit_codes.py": "config",
     # Pure maths (standard library and numpy), shipped to devices as hil_stats.py: imports nothing of hil, and

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 import hil
-from hil.artifacts import sha256_file
 from hil.deploy import DeployedModel
 from hil.device import Device
+from hil.digest import sha256_file
 from hil.errors import CommandTimeout
 from hil.runner.errors import (
     BY_CATEGORY,
