@@ -203,8 +203,8 @@ def _upload(device: Device, artifact: Artifact, staged: str, deadline: Deadline,
         attempts += 1
         have = reached[0] = 0
         try:
-            device.ssh.connect(within=deadline.remaining())
-            have = device.ssh.remote_size(staged) or 0
+            device.connect(within=deadline.remaining())
+            have = device.remote_size(staged) or 0
             if have > size:  # not ours or damaged: start over
                 device.run(f"rm -f {shlex.quote(staged)}", timeout=30, check=True)
                 have = 0
@@ -212,7 +212,7 @@ def _upload(device: Device, artifact: Artifact, staged: str, deadline: Deadline,
                 resumed_from = have
             reached[0] = have
             if have < size:
-                device.ssh.append_from(artifact.model_path, staged, have, progress=track)
+                device.append_from(artifact.model_path, staged, have, progress=track)
             return sent_total + reached[0] - have, resumed_from, attempts
         except TransportError as exc:
             sent_total += max(0, reached[0] - have)
@@ -276,7 +276,7 @@ def deploy(device: Device, artifact: Artifact, trusted: list[Ed25519PublicKey], 
     previous = remote.current()
     kept = remote.sha256("versions", version_dir, MODEL) == manifest.sha256
     staged = f"{remote.base}/staging/{manifest.sha256}.part"
-    staged_bytes = 0 if kept else (device.ssh.remote_size(staged) or 0)
+    staged_bytes = 0 if kept else (device.remote_size(staged) or 0)
     needed = 0 if kept else manifest.size - min(staged_bytes, manifest.size)
     providers, fallback = preflight(device, artifact, remote, needed, margin_bytes, allow_provider_fallback)
 

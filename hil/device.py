@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import paramiko
+
 from hil.conditions import PROBE as CONDITIONS_PROBE
 from hil.conditions import parse_probe, timing_warnings
 from hil.config import DEFAULT_WORKDIR, DeviceConfig
@@ -18,7 +20,7 @@ from hil.deadline import Deadline
 from hil.errors import CommandFailed, HilError, InfraError, PrivilegeUnavailable, TransportError
 from hil.transport.base import ProgressCallback, Result
 from hil.transport.serial import SerialTransport
-from hil.transport.ssh import SshTransport
+from hil.transport.ssh import DegradedLink, SshTransport
 
 log = logging.getLogger(__name__)
 
@@ -400,6 +402,35 @@ class Device:
         if self._serial is not None:
             self._serial.close()
             self._serial = None
+
+    # -- the session itself: what deploys, faults and leases need of it, without reaching into the transport
+
+    def connect(self, within: float | None = None) -> None:
+        """Open the SSH session now (retrying after a drop for up to `within` s; see SshTransport.connect)."""
+        self.ssh.connect(within)
+
+    def drop_session(self) -> None:
+        """Close the SSH session (the next command opens a fresh one); the console stays open."""
+        self.ssh.close()
+
+    def remote_size(self, remote: str) -> int | None:
+        """Size of a file on the device, or None when it does not exist."""
+        return self.ssh.remote_size(remote)
+
+    def append_from(self, local: Path, remote: str, offset: int, *, progress: ProgressCallback | None = None) -> int:
+        """Send local[offset:] to the end of `remote` (resumable uploads); returns the bytes sent."""
+        return self.ssh.append_from(local, remote, offset, progress=progress)
+
+    def open_session_channel(self, command: str) -> paramiko.Channel:
+        """A channel running `command` that lives exactly as long as this connection (a lease's holder)."""
+        return self.ssh.open_session_channel(command)
+
+    def begin_degraded(self, reason: str, seconds: float) -> DegradedLink:
+        """A fault makes the link lossy or slow for up to `seconds`: reconnects wait for it (end_degraded)."""
+        return self.ssh.begin_degraded(reason, seconds)
+
+    def end_degraded(self, link: DegradedLink) -> None:
+        self.ssh.end_degraded(link)
 
     def close(self) -> None:
         self.ssh.close()

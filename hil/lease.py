@@ -81,7 +81,7 @@ class Lease:
                    f"{self.timeout:g} {shlex.quote(lock)} sh -c {shlex.quote(hold)} || "
                    f"{{ rc=$?; echo \"{FAILED} $rc $(id -un)\" >&2; exit $rc; }}")
         waited = Deadline.after(None)
-        channel = self.device.ssh.open_session_channel(command)
+        channel = self.device.open_session_channel(command)
         output = b""
         deadline = Deadline.after(self.timeout + self.device.config.ssh.connect_timeout + 5)
         channel.settimeout(0.2)

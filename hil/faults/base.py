@@ -106,7 +106,7 @@ class Fault:
             self.record = FaultRecord(**{**self.record.__dict__, "deadman_pid": pid})
             ledger.record(self.device, self.record, self.undo_script())
         if self.degrades_link:  # until the dead-man's due time, and a margin
-            self._link = self.device.ssh.begin_degraded(f"{self.kind} {self.params}", self.max_seconds + 10)
+            self._link = self.device.begin_degraded(f"{self.kind} {self.params}", self.max_seconds + 10)
         try:
             with allure.step(f"apply fault {self.kind} on {self.device.name} {self.params}"):
                 self._apply()
@@ -137,7 +137,7 @@ class Fault:
                 self.event.reverted_by = self._revert()
         finally:
             if self._link is not None:
-                self.device.ssh.end_degraded(self._link)
+                self.device.end_degraded(self._link)
                 self._link = None
         self.event.reverted_at = _now()
         self.device.forget_facts()  # a clock or a disk fault changed what facts say
@@ -158,7 +158,7 @@ class Fault:
         if self.cuts_network and self.device.config.serial is not None:
             try:
                 ledger.revert_over_serial(self.device, self.record)
-                self.device.ssh.close()  # the session may have died during the fault; start afresh
+                self.device.drop_session()  # the session may have died during the fault; start afresh
                 return "serial"
             except InfraError as exc:
                 log.warning("%s: undo over serial failed (%s); trying SSH", self.device.name, exc)
@@ -171,7 +171,7 @@ class Fault:
         due = self._applied_mono + self.max_seconds - time.monotonic()
         deadline = Deadline.after(max(0.0, due) + DEADMAN_MARGIN)
         while True:
-            self.device.ssh.close()
+            self.device.drop_session()
             try:
                 ledger.revert(self.device, self.record, timeout=10)  # a no-op if the dead-man was first
                 return "dead-man"
