@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from hil import cli
 from hil.report import browser
-from hil.report.html import ReportError, ToolMissing, build_report, find_allure, find_node, main, tracking_tags
+from hil.report.html import ReportError, ToolMissing, build_report, find_allure, find_node, tracking_tags
 
 DEVICES = ("orin-alpha", "pi-bravo")  # made up: no lab, no device
 CATEGORY = "Latency budget exceeded"
@@ -167,11 +168,11 @@ def test_result_page_shows_the_png_attachment(built: Built, tmp_path: Path) -> N
 
 def test_cli_main_prints_the_path(built: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "again"
-    assert main(["--results", str(built.results), "--out", str(out)]) == 0
+    assert cli.main(["report", "--results", str(built.results), "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == str(out / "index.html")
     assert (out / "index.html").stat().st_size > 100_000
 
-    assert main(["--results", str(tmp_path / "nothing"), "--out", str(out)]) == 1
+    assert cli.main(["report", "--results", str(tmp_path / "nothing"), "--out", str(out)]) == 1
     assert "--alluredir" in capsys.readouterr().err
 
 
