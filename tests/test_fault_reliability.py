@@ -160,7 +160,9 @@ def read_directly(profile: Profile) -> Direct:
     qdiscs = [line for line in _sh(*ns, "tc", "qdisc", "show").splitlines()
               if f" {QDISC_HANDLE} " in line or " tbf " in line or " netem " in line]
     enter = ("nsenter", "-t", str(_mount_pid(profile)), "-m")
-    names = _sh(*enter, "sh", "-c", f"ls -1a {profile.workdir}/.hil {profile.workdir}/.hil/faults 2>/dev/null; true")
+    # Fill files lie in .hil, the ledger in .hil/faults (.hil also holds the lease's lease.json: not a fault).
+    names = _sh(*enter, "sh", "-c", f"ls -1a {profile.workdir}/.hil 2>/dev/null; true")
+    ledger = _sh(*enter, "sh", "-c", f"ls -1a {profile.workdir}/.hil/faults 2>/dev/null; true")
     processes = []
     for pid in _sh("ip", "netns", "pids", profile.netns).split():
         try:
@@ -169,7 +171,7 @@ def read_directly(profile: Profile) -> Direct:
             continue
     clock = profile.clock_file.read_text().strip() if profile.clock_file and profile.clock_file.exists() else None
     return Direct(rules, qdiscs, [n for n in names.split() if n.startswith("fill-")],
-                  [n for n in names.split() if n.endswith((".json", ".undo.sh"))], processes, clock)
+                  [n for n in ledger.split() if n.endswith((".json", ".undo.sh"))], processes, clock)
 
 
 def _scrub(profile: Profile, fault_id: str, clock_before: str | None) -> None:

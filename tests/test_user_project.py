@@ -141,6 +141,10 @@ def test_hil_gate_compares_the_two_runs(runs: tuple[Path, Path], tmp_path: Path)
                      "--json", str(report)])
     doc = json.loads(report.read_text())
     compared = {c["check"]: c for c in doc["comparisons"]}
-    accuracy = compared["accuracy_top1"]
-    assert accuracy["baseline"] == accuracy["current"] and accuracy["status"] != "not comparable", accuracy
-    assert code == 0 and doc["passed"], doc  # the same model on the same device: nothing regressed
+    # The same model, data and device: what does not depend on timing is exactly what it was.
+    for check in ("accuracy_top1", "max_abs_error", "min_cosine_similarity", "top1_agreement"):
+        assert compared[check]["status"] == "unchanged", compared[check]
+        assert compared[check]["baseline"] == compared[check]["current"]
+    # Timings are compared too (each run's own numbers on a shared machine: their verdict may go either way).
+    assert {"latency_p99_ms", "burst_latency_p99_ms"} <= set(compared)
+    assert code == (0 if doc["passed"] else 1), doc
