@@ -31,7 +31,6 @@ from hil.stats import (
     percentile_bounds,
     relative_accuracy,
     samples_to_decide,
-    summarize,
 )
 
 __all__ = [
@@ -52,7 +51,6 @@ __all__ = [
     "check_percentile",
     "check_relative_accuracy",
     "combine",
-    "evaluate",
     "temper",
 ]
 
@@ -376,29 +374,3 @@ def check_budget(key: str, value: float, limit: float) -> Measurement:
     """A single-value budget: compared as the registry says (a ceiling or a floor), in the registry's unit."""
     entry = _BUDGETS[key]
     return (check_max if entry.better == "lower" else check_min)(key, value, limit, entry.unit)
-
-
-def evaluate(spec: BudgetSpec, latencies_ms: npt.ArrayLike | None = None, cold_start_ms: float | None = None,
-             memory_mib: float | None = None, accuracy_top1: float | None = None,
-             throughput_ips: float | None = None, confidence: float = DEFAULT_CONFIDENCE,
-             cv_threshold: float = DEFAULT_CV_THRESHOLD) -> list[Measurement]:
-    """A measurement for every budget in `spec` that has a value to check, in manifest-key order.
-
-    Latency percentiles are combined with the noise check; throughput defaults to the latencies'
-    summary when not given. Budgets without a value are left out (the caller measured something else).
-    """
-    results: list[Measurement] = []
-    if latencies_ms is not None:
-        cv = check_cv(latencies_ms, cv_threshold)
-        for q, limit in spec.percentile_limits.items():
-            results.append(combine(check_percentile(latencies_ms, q, limit, confidence,
-                                                    name=PERCENTILE_KEYS[q]), cv))
-        if throughput_ips is None:
-            throughput_ips = summarize(latencies_ms).throughput_ips
-    singles = (("cold_start_ms", cold_start_ms), ("memory_mib", memory_mib), ("accuracy_top1", accuracy_top1),
-               ("throughput_ips", throughput_ips))
-    for key, value in singles:
-        limit = getattr(spec, key)
-        if limit is not None and value is not None:
-            results.append(check_budget(key, value, limit))
-    return results

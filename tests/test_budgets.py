@@ -25,7 +25,6 @@ from hil.budgets import (
     check_percentile,
     check_relative_accuracy,
     combine,
-    evaluate,
 )
 from hil.errors import ConfigError, HilError, InfraError, ProductFailure
 from hil.stats import percentile_bounds, percentile_verdict
@@ -240,20 +239,6 @@ def test_budgets_from_a_demo_manifest() -> None:
     for tag, table in manifest.budgets.items():
         spec = budgets_for_tags(manifest.budgets, [tag])
         assert spec.limits() == table and all(spec.source(k) == tag for k in table)
-
-
-def test_evaluate_checks_every_budget_that_has_a_value() -> None:
-    spec = BudgetSpec(latency_p50_ms=9.0, latency_p99_ms=12.0, cold_start_ms=500.0, memory_mib=300.0,
-                      accuracy_top1=0.93, throughput_ips=100.0)
-    x = _latencies(1000)
-    results = evaluate(spec, latencies_ms=x, cold_start_ms=350.0, accuracy_top1=0.95)
-    assert [m.name for m in results] == ["latency_p50_ms", "latency_p99_ms", "cold_start_ms", "accuracy_top1",
-                                         "throughput_ips"]  # memory was not measured
-    assert all(m.verdict is Verdict.PASS for m in results)
-    assert results[-1].value == pytest.approx(1000 / (x.sum() / 1000))  # throughput from the latencies
-    noisy = evaluate(BudgetSpec(latency_p99_ms=7.0), latencies_ms=_latencies(1000, sigma=0.2))
-    assert [m.verdict for m in noisy] == [Verdict.INCONCLUSIVE]  # a FAIL, tempered by the noise
-    assert evaluate(BudgetSpec(), latencies_ms=x, cold_start_ms=1.0) == []
 
 
 def test_noise_cannot_excuse_a_median_over_the_limit() -> None:

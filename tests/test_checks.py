@@ -19,7 +19,6 @@ from hil.budgets import (
     budgets_for_tags,
     check_budget,
     check_max,
-    evaluate,
     temper,
 )
 from hil.checks import CHECKS, Check, Tolerance
@@ -27,6 +26,7 @@ from hil.errors import ArtifactRejected, ConfigError
 from hil.report.categories import ACCURACY, LATENCY, MEMORY, categorize
 from hil.report.gate import tolerance_for
 from hil.report.plots import percentile_marks
+from hil.testing import percentile_verdicts
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "checks.md"
@@ -154,8 +154,7 @@ def test_ceiling_or_floor_and_unit_come_from_the_registry() -> None:
         assert entry is not None
         m = check_budget(key, 1.0, 2.0)
         assert (m.unit, m.comparator) == (entry.unit, entry.comparator)
-    units = {m.name: m.unit for m in evaluate(BudgetSpec(cold_start_ms=1.0, memory_mib=1.0, accuracy_top1=0.5),
-                                                cold_start_ms=2.0, memory_mib=2.0, accuracy_top1=0.9)}
+    units = {key: check_budget(key, 2.0, 1.0).unit for key in ("cold_start_ms", "memory_mib", "accuracy_top1")}
     assert units == {"cold_start_ms": "ms", "memory_mib": "MiB", "accuracy_top1": ""}
 
 
@@ -227,5 +226,6 @@ def test_a_warned_device_tempers_exactly_the_registrys_timing_checks() -> None:
 def test_plots_mark_the_registrys_latency_percentiles() -> None:
     x = np.linspace(1.0, 2.0, 400)
     spec = BudgetSpec(latency_p50_ms=5.0, latency_p99_ms=5.0, memory_mib=50.0)
-    marks = percentile_marks(evaluate(spec, x, memory_mib=10.0))
+    marks = percentile_marks([*percentile_verdicts(x, spec.percentile_limits, None),
+                              check_budget("memory_mib", 10.0, 50.0)])
     assert [m.quantile for m in marks] == [50.0, 99.0]

@@ -19,6 +19,7 @@ from hil.config import SshConfig
 from hil.device import Device
 from hil.errors import ConnectError, SlowLinkError
 from hil.faults.base import Fault
+from hil.transport.base import Transport
 from hil.transport.ssh import DEGRADED_CONNECT_TIMEOUT, DEGRADED_HANDSHAKE_TIMEOUT, SshTransport, open_socket
 
 RECONNECTS = 6
@@ -65,6 +66,7 @@ def test_reconnects_through_a_degraded_link(device_a: Device, make: Callable[[De
 
 def test_a_degraded_link_sizes_timeouts_and_ends_with_its_fault() -> None:
     transport = SshTransport("unit", SshConfig(host="192.0.2.1", connect_timeout=5.0))  # never dialled
+    assert isinstance(transport, Transport)  # the protocol the serial console satisfies too
     assert transport._timeouts() == (5.0, 5.0) and transport.degradation is None
     first = transport.begin_degraded("packet_loss {'rate': 0.2}", 100)
     assert transport._timeouts() == (DEGRADED_CONNECT_TIMEOUT, DEGRADED_HANDSHAKE_TIMEOUT)

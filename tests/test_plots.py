@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from hil.budgets import BudgetSpec, check_percentile, evaluate
+from hil.budgets import BudgetSpec, check_budget, check_percentile
 from hil.report import plots
 from hil.report.plots import (
     PercentileMark,
@@ -23,6 +23,7 @@ from hil.report.plots import (
     percentile_marks,
 )
 from hil.stats import Verdict, percentile
+from hil.testing import percentile_verdicts
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LATENCY_PLOTS = [latency_histogram_png, latency_cdf_png]
@@ -210,7 +211,8 @@ def test_mark_from_measurement():
 def test_percentile_marks_picks_the_latency_percentiles():
     x = latencies(1000)
     spec = BudgetSpec(latency_p50_ms=1.7, latency_p99_ms=2.0, memory_mib=100.0, throughput_ips=10.0)
-    marks = percentile_marks(evaluate(spec, x, memory_mib=50.0))
+    marks = percentile_marks([*percentile_verdicts(x, spec.percentile_limits, None),
+                              check_budget("memory_mib", 50.0, 100.0)])
     assert [m.quantile for m in marks] == [50.0, 99.0]
     assert marks[1].limit == 2.0 and marks[1].value == percentile(x, 99)
 

@@ -11,7 +11,7 @@ A budget is drawn as a solid line, the measured percentile dashed (histogram) or
 curve (CDF), and its confidence bounds dotted (upper) and dash-dotted (lower); the legend sits
 outside the plot so it never covers data.
 
-    marks = percentile_marks(evaluate(spec, latencies_ms))
+    marks = percentile_marks(latency.percentiles)  # a hil.testing.Latency's verdicts
     png = latency_histogram_png(latencies_ms, title="resnet8 on jetson-01", budgets=marks)
 """
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 # Called as progress(bytes_done, bytes_total) while a file moves.
 ProgressCallback = Callable[[int, int], None]
@@ -26,8 +25,10 @@ class Result:
         return self.exit_status == 0
 
 
+@runtime_checkable
 class Transport(Protocol):
-    """A channel to one device. Implementations keep their connection open between calls."""
+    """A channel to one device that runs commands (SSH and the serial console both are one; Device picks
+    which). Implementations keep their connection open between calls."""
 
     def run(
         self,
@@ -40,11 +41,3 @@ class Transport(Protocol):
     ) -> Result: ...
 
     def close(self) -> None: ...
-
-
-class FileTransport(Transport, Protocol):
-    """A transport that can also move files."""
-
-    def put(self, local: Path, remote: str, *, progress: ProgressCallback | None = None) -> None: ...
-
-    def get(self, remote: str, local: Path, *, progress: ProgressCallback | None = None) -> None: ...
