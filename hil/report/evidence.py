@@ -1,55 +1,79 @@
-"""`hil evidence`: one signed, byte-exact archive per run that a third party can check offline.
+r"""`hil evidence`: one signed archive per run that a third party can check offline, with or without hil.
 
     hil evidence pack [--reports reports] [--key PRIVATE_KEY.pem | env HIL_EVIDENCE_KEY] [--out PATH]
     hil evidence verify BUNDLE [--key PUBLIC_KEY.pub]
 
-The bundle (default reports/evidence-<run_id>.tar.gz) holds, in sorted order:
+The bundle (default reports/evidence-<run_id>.tar.gz) is an ordinary gzipped tar of regular files:
 
-    MANIFEST.json        every other file's path, sha256 and size; run id, created_at, hil version, key id
-    MANIFEST.sig         ed25519 signature over the exact bytes of MANIFEST.json (64 raw bytes)
-    allure-results/...   reports/allure-results/, every file
-    environment.json     host, and each device's environment, facts and fingerprint (from summary.json)
-    faults.json          the fault schedule (summary.json "faults")
-    hashes.json          models (version, sha256) and datasets (path, sha256) from summary.json
-    junit.xml            reports/junit.xml, when there is one
-    raw/check-NNN-<device>-<model>-<check>.json   one per check with raw values (summary.json checks[].raw)
-    raw/<...>            reports/raw/ as it is (the CSV files that checks[].raw.file name)
-    signer.pub           the signer's public key (PEM), so a bundle can be checked without a key at hand
-    summary.json         reports/summary.json, byte for byte
+    attestation.dsse.json  a DSSE envelope (github.com/secure-systems-lab/dsse) signed with ed25519, whose
+                           payload is an in-toto Statement v1 naming every other file and its sha256
+    allure-results/...     reports/allure-results/, every file
+    environment.json       host, and each device's environment, facts and fingerprint (from summary.json)
+    faults.json            the fault schedule (summary.json "faults")
+    hashes.json            models (version, sha256) and datasets (path, sha256) from summary.json
+    junit.xml              reports/junit.xml, when there is one
+    raw/<...>              reports/raw/ as it is (the CSV files that summary.json checks[].raw.file name)
+    signer.pub             the signer's public key (PEM), so a bundle can be checked without a key at hand
+    summary.json           reports/summary.json, byte for byte (raw values inline, as the run wrote it)
 
-Byte-exactness: the archive is a pure function of (member names, member bytes, MANIFEST.json's created_at),
-and verify accounts for every byte of it:
+The envelope: {"payloadType": "application/vnd.in-toto+json", "payload": base64(STATEMENT),
+"signatures": [{"keyid": KEY_ID, "sig": base64(ed25519(PAE))}]}, where KEY_ID is hil.artifacts.key_id
+(the first 16 hex digits of the sha256 of the raw public key) and PAE, DSSE's pre-authentication
+encoding, is b"DSSEv1 <len(payloadType)> <payloadType> <len(STATEMENT)> " + STATEMENT (lengths as ASCII
+decimal, in bytes). STATEMENT is {"_type": "https://in-toto.io/Statement/v1", "subject": [{"name":
+PATH_IN_ARCHIVE, "digest": {"sha256": HEX}}, ... every member but the envelope, sorted by name],
+"predicateType": PREDICATE_TYPE, "predicate": {...}}. The predicate type
+https://hil.dev/evidence/v1 means: predicate = {"run_id", "created_at" (ISO 8601 UTC, when it was
+packed), "hil" (version), "key_id" (the signer's), "summary_schema" (of summary.json), "complete"
+(the run finished), "counts", "started_at", "finished_at", "exit" (from summary.json), "warnings"}.
 
-- gzip header: the fixed 10 bytes (no file name, mtime 0, XFL 0, OS 255), compared verbatim;
-- deflate: the tar in stored (uncompressed) blocks of 65535 bytes but the last (final) one; every 5-byte
-  block header must be exactly the canonical one, padding bits included. Compressed deflate cannot be
-  made canonical: a match's distance may point at any earlier copy of the same bytes, so a changed bit
-  can inflate to the very same tar, and another machine's zlib (zlib-ng...) compresses differently;
-- gzip trailer: CRC32 and size of the tar; the framing leaves no room for trailing data;
-- tar: ustar (as Python's tarfile writes it), sorted unique names, mode 0644, uid/gid 0, empty owner
-  names, mtime = created_at. Every header is rebuilt from (name, size, mtime) and compared byte for
-  byte; every data byte is covered by a sha256 in the signed manifest (the manifest by the signature,
-  the signature by being valid); padding after data and the end-of-archive blocks, up to a 10240-byte
-  record, must be zero.
+Integrity comes from the signature, not from the bytes of the container: the archive is written
+deterministically where that is cheap (sorted names, mtime = created_at, uid/gid 0, no owner names,
+mode 0644, gzip mtime = created_at) but is not canonical; repacking the same files still verifies.
+Verify demands regular files with safe, unique names, a complete gzip stream with nothing after it,
+the envelope's signature, and a subject that lists exactly the other members with their sha256.
+It never writes to disk: the archive is read into memory, bounded by MAX_BUNDLE_BYTES (the file),
+MAX_TAR_BYTES (the tar in it) and MAX_MEMBERS.
 
-Verify never writes to disk: it reads the archive into memory, bounded by MAX_BUNDLE_BYTES
-(the file) and MAX_TAR_BYTES (the tar in it).
+Checking a bundle without hil (GNU tar, coreutils, jq, openssl 3; the same recipe is in README.md,
+and tests/test_evidence.py runs it):
+
+    BUNDLE=reports/evidence-RUN_ID.tar.gz PUB=evidence.pub        # the bundle, and the signer's public key
+    mkdir ev && tar xzf "$BUNDLE" -C ev                            # into an empty directory
+    jq -r .payload ev/attestation.dsse.json | base64 -d > statement.json
+    jq -r '.signatures[0].sig' ev/attestation.dsse.json | base64 -d > sig.bin
+    t=application/vnd.in-toto+json                                 # the signature covers the type too
+    { printf 'DSSEv1 %s %s %s ' ${#t} $t $(wc -c < statement.json); cat statement.json; } > pae.bin
+    openssl pkeyutl -verify -pubin -inkey "$PUB" -rawin -in pae.bin -sigfile sig.bin
+    jq -r '.subject[] | "\(.digest.sha256)  \(.name)"' statement.json > SHA256SUMS
+    (cd ev && sha256sum --strict -c ../SHA256SUMS)                 # every file, as signed
+    diff <(jq -r '.subject[].name' statement.json | sort) \
+         <(cd ev && find . -type f ! -path ./attestation.dsse.json | sed 's|^\./||' | sort)   # and no other
+    jq .predicate statement.json                                   # run id, created_at, complete, counts
+
+openssl prints "Signature Verified Successfully"; any step that fails exits non-zero. With
+PUB=ev/signer.pub instead of the signer's key, the recipe proves integrity only, not who signed.
+Without jq: python3 -c 'import json,sys; print(json.load(sys.stdin)["payload"])' < ev/attestation.dsse.json
+and likewise for the other fields.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
+import gzip
 import hashlib
+import io
 import json
 import os
 import re
-import struct
 import sys
+import tarfile
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -63,32 +87,21 @@ from hil.errors import ConfigError, HilError
 from hil.report.files import write_bytes_atomic
 from hil.report.summary import SCHEMA as SUMMARY_SCHEMA
 
-SCHEMA = "hil.evidence/1"
-MANIFEST = "MANIFEST.json"
-SIGNATURE = "MANIFEST.sig"
+ENVELOPE = "attestation.dsse.json"
 PUBLIC_KEY = "signer.pub"
+PAYLOAD_TYPE = "application/vnd.in-toto+json"
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://hil.dev/evidence/v1"
 KEY_ENV = "HIL_EVIDENCE_KEY"
 MAX_TAR_BYTES = 512 << 20
-MAX_BUNDLE_BYTES = MAX_TAR_BYTES + (MAX_TAR_BYTES >> 16) * 5 + (1 << 20)  # the tar plus stored-block framing
+MAX_BUNDLE_BYTES = MAX_TAR_BYTES + (1 << 20)  # deflate never grows data by more than a few bytes per 16 KiB
 MAX_MEMBERS = 100_000
+MAX_SIGNATURES = 16
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 
-# gzip: magic, deflate, no flags, mtime 0, XFL 0, OS 255 (unknown): nothing about the packing machine or time.
-GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
-_GZIP_FIELDS = ((0, 2, "magic"), (2, 3, "compression method"), (3, 4, "flags"), (4, 8, "mtime"),
-                (8, 9, "extra flags"), (9, 10, "OS"))
-_STORED_MAX = 0xFFFF  # bytes in a stored deflate block
-_STORED_HEADER = 5  # BFINAL/BTYPE byte (padding bits zero), LEN, NLEN
-
-_BLOCK = 512
-_RECORD = 20 * _BLOCK  # tar's default blocking factor: the archive ends on a record boundary
-_TAR_FIELDS = ((0, 100, "name"), (100, 108, "mode"), (108, 116, "uid"), (116, 124, "gid"), (124, 136, "size"),
-               (136, 148, "mtime"), (148, 156, "chksum"), (156, 157, "typeflag"), (157, 257, "linkname"),
-               (257, 263, "magic"), (263, 265, "version"), (265, 297, "uname"), (297, 329, "gname"),
-               (329, 337, "devmajor"), (337, 345, "devminor"), (345, 500, "prefix"), (500, 512, "padding"))
-_TAR_TYPES = {b"1": "a hard link", b"2": "a symbolic link", b"3": "a character device", b"4": "a block device",
-              b"5": "a directory", b"6": "a FIFO", b"7": "a contiguous file", b"x": "a pax header",
-              b"g": "a pax global header", b"L": "a GNU long name", b"K": "a GNU long link name"}
+_TAR_TYPES = {tarfile.LNKTYPE: "a hard link", tarfile.SYMTYPE: "a symbolic link", tarfile.CHRTYPE: "a character device",
+              tarfile.BLKTYPE: "a block device", tarfile.DIRTYPE: "a directory", tarfile.FIFOTYPE: "a FIFO",
+              tarfile.CONTTYPE: "a contiguous file", tarfile.GNUTYPE_SPARSE: "a sparse file"}
 
 
 class EvidenceRejected(HilError):
@@ -104,7 +117,7 @@ class Packed:
     path: Path
     run_id: str
     key_id: str
-    files: int  # members listed in MANIFEST.json
+    files: int  # members in the statement's subject (all but the envelope)
     complete: bool
     warnings: tuple[str, ...]
 
@@ -121,71 +134,10 @@ class Verified:
     embedded_key: bool  # checked against signer.pub inside the bundle: integrity only, not who signed
 
 
-@dataclass(frozen=True)
-class _Member:
-    name: str
-    offset: int  # of its header in the tar stream
-    data: memoryview
-
-
-# -- the canonical archive --------------------------------------------------------------------
-
-
-def _split_name(name: str) -> tuple[bytes, bytes]:
-    """ustar (prefix, name) for a path: the shortest prefix that fits, as Python's tarfile does."""
-    raw = name.encode()
-    if len(raw) <= 100:
-        return b"", raw
-    parts = raw.split(b"/")
-    for i in range(1, len(parts)):
-        prefix, rest = b"/".join(parts[:i]), b"/".join(parts[i:])
-        if len(prefix) <= 155 and len(rest) <= 100:
-            return prefix, rest
-    raise ValueError(f"{name}: path too long for a ustar archive (at most 255 bytes, split at a '/')")
-
-
-def tar_header(name: str, size: int, mtime: int) -> bytes:
-    """The one canonical ustar header of a regular file (equal to what tarfile.USTAR_FORMAT writes)."""
-    prefix, base = _split_name(name)
-    header = bytearray(_BLOCK)
-    for offset, value in ((0, base), (100, b"0000644\0"), (108, b"0000000\0"), (116, b"0000000\0"),
-                          (124, b"%011o\0" % size), (136, b"%011o\0" % mtime), (148, b" " * 8), (156, b"0"),
-                          (257, b"ustar\x0000"), (345, prefix)):
-        header[offset:offset + len(value)] = value
-    header[148:155] = b"%06o\0" % sum(header)
-    return bytes(header)
-
-
-def _tar_end(length: int) -> int:
-    """Length of the end-of-archive zeros after `length` bytes of members: two blocks, then up to a record."""
-    return 2 * _BLOCK + (-(length + 2 * _BLOCK) % _RECORD)
-
-
-def build_tar(members: Iterable[tuple[str, bytes]], mtime: int) -> bytes:
-    """The canonical tar stream of (name, data) members, in the order given."""
-    out = bytearray()
-    for name, data in members:
-        out += tar_header(name, len(data), mtime)
-        out += data
-        out += bytes(-len(data) % _BLOCK)
-    out += bytes(_tar_end(len(out)))
-    return bytes(out)
-
-
-def _stored_block_header(length: int, final: bool) -> bytes:
-    return struct.pack("<BHH", 1 if final else 0, length, length ^ 0xFFFF)
-
-
-def gzip_bytes(tar: bytes) -> bytes:
-    """One gzip member: the fixed header, the tar in stored deflate blocks (all full but the last), CRC32, size.
-
-    Stored, not compressed: a compressed deflate stream has many encodings of the same bytes (a match's
-    distance can point at any earlier copy), so one changed bit can inflate to the very same tar; and
-    no verifier can rebuild another machine's compressor output. Stored blocks have exactly one encoding.
-    """
-    chunks = [tar[i:i + _STORED_MAX] for i in range(0, len(tar), _STORED_MAX)] or [b""]
-    deflate = b"".join(_stored_block_header(len(c), i == len(chunks) - 1) + c for i, c in enumerate(chunks))
-    return GZIP_HEADER + deflate + struct.pack("<II", zlib.crc32(tar), len(tar) & 0xFFFFFFFF)
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE's pre-authentication encoding: what the signature is over (type and payload, length-prefixed)."""
+    kind = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
 
 
 # -- pack -------------------------------------------------------------------------------------
@@ -264,32 +216,13 @@ def _hashes(summary: Mapping[str, Any]) -> dict[str, Any]:
     return {"run_id": summary["run_id"], "models": models, "datasets": datasets}
 
 
-def _check_raw_files(summary: Mapping[str, Any]) -> dict[str, bytes]:
-    """One JSON per check that carries raw values, with what identifies the check across runs."""
-    keep = ("nodeid", "device", "model", "model_version", "model_sha256", "emulated", "fingerprint", "seed",
-            "check", "value", "unit", "verdict", "samples", "raw")
-    files = {}
-    for i, check in enumerate(summary.get("checks") or []):
-        if not isinstance(check, dict) or check.get("raw") is None:
-            continue
-        name = "-".join(_slug(check.get(k)) for k in ("device", "model", "check"))
-        doc = {"run_id": summary["run_id"], **{k: check.get(k) for k in keep}}
-        files[f"raw/check-{i:03d}-{name}.json"] = _json_bytes(doc)
-    return files
-
-
 def collect(reports: Path) -> tuple[dict[str, Any], dict[str, bytes], list[str]]:
-    """(summary, {bundle name: bytes}, warnings) of a report directory; MANIFEST and key not included."""
+    """(summary, {bundle name: bytes}, warnings) of a report directory; the envelope and key not included."""
     summary_bytes, summary = load_summary(reports / "summary.json")
     files = {"summary.json": summary_bytes, "environment.json": _json_bytes(_environment(summary)),
              "hashes.json": _json_bytes(_hashes(summary)),
-             "faults.json": _json_bytes({"run_id": summary["run_id"], "faults": summary.get("faults") or []})}
-    for extra in (_check_raw_files(summary), _tree(reports / "raw", "raw"),
-                  _tree(reports / "allure-results", "allure-results")):
-        for name, data in extra.items():
-            if name in files:
-                raise ConfigError(f"{reports / name}: collides with a file the bundle derives from summary.json")
-            files[name] = data
+             "faults.json": _json_bytes({"run_id": summary["run_id"], "faults": summary.get("faults") or []}),
+             **_tree(reports / "raw", "raw"), **_tree(reports / "allure-results", "allure-results")}
     junit = reports / "junit.xml"
     if junit.exists() or junit.is_symlink():
         files["junit.xml"] = _regular_file(junit)
@@ -309,17 +242,35 @@ def _pack_warnings(reports: Path, summary: Mapping[str, Any]) -> list[str]:
     return warnings
 
 
-def _manifest(summary: Mapping[str, Any], files: Mapping[str, bytes], created_at: str, signer: str,
-              warnings: Sequence[str]) -> bytes:
-    doc = {
-        "schema": SCHEMA, "run_id": summary["run_id"], "created_at": created_at, "hil": __version__,
-        "algorithm": "ed25519", "key_id": signer, "complete": summary.get("complete") is True,
-        "warnings": list(warnings),
-        "run": {k: summary.get(k) for k in ("started_at", "finished_at", "exit", "counts")},
-        "files": [{"path": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-                  for name, data in sorted(files.items())],
-    }
-    return _json_bytes(doc)
+def statement(summary: Mapping[str, Any], files: Mapping[str, bytes], created_at: str, signer: str,
+              warnings: Sequence[str]) -> dict[str, Any]:
+    """The in-toto Statement v1 of a run: every file's sha256 as the subject, the run as the predicate."""
+    predicate = {"run_id": summary["run_id"], "created_at": created_at, "hil": __version__, "key_id": signer,
+                 "summary_schema": summary.get("schema"), "complete": summary.get("complete") is True,
+                 "counts": summary.get("counts"), "warnings": list(warnings),
+                 **{k: summary.get(k) for k in ("started_at", "finished_at", "exit")}}
+    subject = [{"name": name, "digest": {"sha256": hashlib.sha256(data).hexdigest()}}
+               for name, data in sorted(files.items())]
+    return {"_type": STATEMENT_TYPE, "subject": subject, "predicateType": PREDICATE_TYPE, "predicate": predicate}
+
+
+def envelope(payload: bytes, private_key: Ed25519PrivateKey) -> dict[str, Any]:
+    """A DSSE envelope of payload, signed over PAE(PAYLOAD_TYPE, payload)."""
+    signature = private_key.sign(pae(PAYLOAD_TYPE, payload))
+    return {"payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(payload).decode(),
+            "signatures": [{"keyid": key_id(private_key.public_key()), "sig": base64.b64encode(signature).decode()}]}
+
+
+def write_archive(members: Mapping[str, bytes], mtime: int) -> bytes:
+    """A .tar.gz of regular files, sorted, with nothing of the packing machine (owners, times) in it."""
+    out = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=mtime) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in sorted(members.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), mtime, 0o644
+            tf.addfile(info, io.BytesIO(data))
+    return out.getvalue()
 
 
 def pack(reports: Path, private_key: Ed25519PrivateKey, out: Path | None = None, *,
@@ -331,22 +282,18 @@ def pack(reports: Path, private_key: Ed25519PrivateKey, out: Path | None = None,
     public = private_key.public_key()
     files[PUBLIC_KEY] = public.public_bytes(serialization.Encoding.PEM,
                                             serialization.PublicFormat.SubjectPublicKeyInfo)
-    if sum(len(d) + 2 * _BLOCK for d in files.values()) > MAX_TAR_BYTES:
-        raise ConfigError(f"{reports}: more than {MAX_TAR_BYTES >> 20} MiB of evidence; verify would refuse it")
-    manifest = _manifest(summary, files, created_at, key_id(public), warnings)
+    payload = _json_bytes(statement(summary, files, created_at, key_id(public), warnings))
     listed = len(files)
-    files[MANIFEST] = manifest
-    files[SIGNATURE] = private_key.sign(manifest)
-    try:
-        tar = build_tar(sorted(files.items()), int(created.timestamp()))
-    except ValueError as exc:
-        raise ConfigError(f"{reports}/{exc}") from None
+    files[ENVELOPE] = _json_bytes(envelope(payload, private_key))
+    if len(files) > MAX_MEMBERS or sum(len(d) + 1536 for d in files.values()) > MAX_TAR_BYTES:  # data, headers
+        raise ConfigError(f"{reports}: more than {MAX_MEMBERS} files or {MAX_TAR_BYTES >> 20} MiB of evidence; "
+                          "verify would refuse it")
     out = out or reports / f"evidence-{_slug(summary['run_id'], 120)}.tar.gz"
-    write_bytes_atomic(out, gzip_bytes(tar))
+    write_bytes_atomic(out, write_archive(files, int(created.timestamp())))
     return Packed(out, summary["run_id"], key_id(public), listed, summary.get("complete") is True, tuple(warnings))
 
 
-# -- verify: the gzip layer -------------------------------------------------------------------
+# -- verify: the archive ----------------------------------------------------------------------
 
 
 def _read_bundle(path: Path) -> bytes:
@@ -358,176 +305,110 @@ def _read_bundle(path: Path) -> bytes:
     if size > MAX_BUNDLE_BYTES:
         raise EvidenceRejected(f"{path}: {size} bytes, more than the {MAX_BUNDLE_BYTES >> 20} MiB a bundle may be")
     try:
-        return path.read_bytes()
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
-
-
-def _check_gzip_header(path: Path, data: bytes) -> None:
-    if data[:2] != GZIP_HEADER[:2]:
+    if data[:2] != b"\x1f\x8b":
         raise ConfigError(f"{path}: not a gzip archive (an evidence bundle is the .tar.gz `hil evidence pack` "
                           "writes)")
-    if len(data) < len(GZIP_HEADER) + _STORED_HEADER + 8:
-        raise EvidenceRejected(f"gzip: the archive is truncated ({len(data)} bytes)")
-    for start, end, field in _GZIP_FIELDS:
-        if data[start:end] != GZIP_HEADER[start:end]:
-            raise EvidenceRejected(f"gzip header: field '{field}' (archive bytes {start}-{end - 1}) is "
-                                   f"{data[start:end].hex()}, the canonical bundle has {GZIP_HEADER[start:end].hex()}")
+    return data
 
 
-def _unstore(data: bytes) -> tuple[bytes, int]:
-    """The tar inside a canonical gzip: every stored-block header must be the one gzip_bytes writes there.
-
-    With canonical framing every other byte is either the tar's own (checked member by member) or the
-    CRC32/size trailer (checked last), so nothing in the archive escapes verification. Returns the tar
-    and where the trailer starts.
-    """
-    view, pos, chunks = memoryview(data), len(GZIP_HEADER), []
-    while True:
-        remaining = len(data) - pos - _STORED_HEADER - 8
-        if remaining < 0:
-            raise EvidenceRejected(f"gzip: the archive is truncated (archive byte {pos})")
-        final = remaining <= _STORED_MAX
-        expected = _stored_block_header(remaining if final else _STORED_MAX, final)
-        actual = data[pos:pos + _STORED_HEADER]
-        if actual != expected:
-            _explain_framing(actual, remaining, pos)
-            raise EvidenceRejected(f"gzip: deflate block {len(chunks)} header (archive bytes {pos}-"
-                                   f"{pos + _STORED_HEADER - 1}) is {actual.hex()}, the canonical bundle has "
-                                   f"{expected.hex()} (bundles hold the tar in stored blocks of {_STORED_MAX} bytes)")
-        pos += _STORED_HEADER
-        size = remaining if final else _STORED_MAX
-        chunks.append(view[pos:pos + size])
-        pos += size
-        if final:
-            break
-    return b"".join(chunks), pos
-
-
-def _explain_framing(header: bytes, remaining: int, offset: int) -> None:
-    """A well-formed block header that does not fit the file: say 'appended' or 'truncated', not 'bad header'."""
-    kind, length, check = struct.unpack("<BHH", header)
-    if kind in (0, 1) and check == length ^ 0xFFFF:
-        if kind == 1 and length < remaining:
-            raise EvidenceRejected(f"gzip: {remaining - length} bytes of trailing data after the archive (from "
-                                   f"archive byte {offset + _STORED_HEADER + length + 8})")
-        if length > remaining:
-            raise EvidenceRejected(f"gzip: the archive is truncated: the block at archive byte {offset} holds "
-                                   f"{length} bytes, {remaining} follow before the trailer")
-
-
-def _check_trailer(trailer: bytes, tar: bytes, offset: int) -> None:
-    crc, size = struct.unpack("<II", trailer)
-    if crc != zlib.crc32(tar):
-        raise EvidenceRejected(f"gzip: CRC32 in the trailer (archive bytes {offset}-{offset + 3}) is {crc:08x}, the "
-                               f"data's is {zlib.crc32(tar):08x}")
-    if size != len(tar) & 0xFFFFFFFF:
-        raise EvidenceRejected(f"gzip: the size in the trailer (archive bytes {offset + 4}-{offset + 7}) is {size}, "
-                               f"the data is {len(tar)} bytes")
-
-
-# -- verify: the tar layer --------------------------------------------------------------------
-
-
-def _field(offset: int) -> str:
-    return next(name for start, end, name in _TAR_FIELDS if start <= offset < end)
-
-
-def _member_name(header: bytes, offset: int) -> str:
-    name = header[0:100].split(b"\0", 1)[0]
-    prefix = header[345:500].split(b"\0", 1)[0]
+def gunzip(data: bytes) -> bytes:
+    """The tar in one gzip member, at most MAX_TAR_BYTES of it; CRC32 and size checked, nothing after it."""
+    inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:
-        return (prefix + b"/" + name if prefix else name).decode()
-    except UnicodeDecodeError:
-        raise EvidenceRejected(f"tar: the member at tar byte {offset} has a name that is not UTF-8") from None
+        tar = inflate.decompress(data, MAX_TAR_BYTES + 1)
+    except zlib.error as exc:
+        raise EvidenceRejected(f"gzip: the archive is corrupt ({exc})") from None
+    if len(tar) > MAX_TAR_BYTES:
+        raise EvidenceRejected(f"gzip: the tar inside is more than {MAX_TAR_BYTES >> 20} MiB")
+    if not inflate.eof:
+        raise EvidenceRejected(f"gzip: the archive is truncated (its {len(data)} bytes end inside the compressed "
+                               "stream or its CRC32/size trailer)")
+    if inflate.unused_data:
+        raise EvidenceRejected(f"gzip: {len(inflate.unused_data)} bytes of trailing data after the archive (from "
+                               f"archive byte {len(data) - len(inflate.unused_data)})")
+    return tar
 
 
-def _member_size(header: bytes, name: str) -> int:
-    field = header[124:136]
-    if not re.fullmatch(rb"[0-7]{11}\0", field):
-        raise EvidenceRejected(f"tar: member '{name}': header field 'size' is not canonical ({field!r})")
-    return int(field[:11], 8)
+def _check_member(info: tarfile.TarInfo, seen: Mapping[str, object]) -> None:
+    """What verify demands of a member before it reads its data."""
+    if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+        what = _TAR_TYPES.get(info.type, f"of type {info.type!r}")
+        raise EvidenceRejected(f"tar: member '{info.name}' (tar byte {info.offset}) is {what}; a bundle holds "
+                               "regular files only", info.name)
+    if (why := unsafe_name(info.name)) is not None:
+        raise EvidenceRejected(f"tar: member '{info.name}': unsafe path ({why})", info.name)
+    if info.name in seen:
+        raise EvidenceRejected(f"tar: member '{info.name}' appears twice", info.name)
+    if len(seen) >= MAX_MEMBERS:
+        raise EvidenceRejected(f"tar: more than {MAX_MEMBERS} members")
 
 
-def _check_member_header(header: bytes, name: str, offset: int) -> None:
-    """What verify demands before it trusts a header enough to read the member's data."""
-    kind = header[156:157]
-    if kind not in (b"0", b"\0"):
-        what = _TAR_TYPES.get(kind, f"of type {kind!r}")
-        raise EvidenceRejected(f"tar: member '{name}' (tar byte {offset}) is {what}; a bundle holds regular files "
-                               "only")
-    if (why := unsafe_name(name)) is not None:
-        raise EvidenceRejected(f"tar: member '{name}': unsafe path ({why})")
-
-
-def parse_tar(tar: bytes) -> list[_Member]:
-    """The members of a tar stream, in memory: only regular files with safe names, zero padding, canonical end."""
-    view = memoryview(tar)
-    members: list[_Member] = []
-    offset = 0
-    while True:
-        header = bytes(view[offset:offset + _BLOCK])
-        if len(header) < _BLOCK:
-            raise EvidenceRejected(f"tar: the stream ends inside a header (tar byte {offset})")
-        if header == bytes(_BLOCK):
-            break
-        name = _member_name(header, offset)
-        _check_member_header(header, name, offset)
-        size = _member_size(header, name)
-        start, end = offset + _BLOCK, offset + _BLOCK + size
-        padded = end + (-size % _BLOCK)
-        if padded > len(tar):
-            raise EvidenceRejected(f"tar: member '{name}': {size} bytes of data, but the stream ends first")
-        if any(view[end:padded]):
-            raise EvidenceRejected(f"tar: member '{name}': non-zero padding after its data (tar bytes {end}-"
-                                   f"{padded - 1})")
-        members.append(_Member(name, offset, view[start:end]))
-        if len(members) > MAX_MEMBERS:
-            raise EvidenceRejected(f"tar: more than {MAX_MEMBERS} members")
-        offset = padded
-    _check_tar_end(tar, offset)
-    _check_order(members)
+def read_members(tar: bytes) -> dict[str, memoryview]:
+    """{name: data} of a tar in memory: regular files with safe, unique names; only zeros after the end."""
+    view, members = memoryview(tar), {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as tf:
+            while (info := tf.next()) is not None:
+                _check_member(info, members)
+                data = view[info.offset_data:info.offset_data + info.size]
+                if len(data) != info.size:
+                    raise EvidenceRejected(f"tar: member '{info.name}': {info.size} bytes of data, but the archive "
+                                           "ends first", info.name)
+                members[info.name] = data
+            end = tf.offset
+    except tarfile.TarError as exc:
+        raise EvidenceRejected(f"tar: not a readable tar archive ({exc})") from None
+    if any(view[end:]):
+        raise EvidenceRejected(f"tar: data after the end of the archive (tar byte {end} on is not all zeros): a "
+                               "damaged header, or something appended inside the gzip stream")
     return members
 
 
-def _check_tar_end(tar: bytes, offset: int) -> None:
-    expected = _tar_end(offset)
-    tail = memoryview(tar)[offset:]
-    if len(tail) != expected or any(tail):
-        raise EvidenceRejected(f"tar: the end of the archive (from tar byte {offset}) is not {expected} zero bytes: "
-                               "data was added or changed after the last member")
+# -- verify: the envelope and the statement ---------------------------------------------------
 
 
-def _check_order(members: Sequence[_Member]) -> None:
-    for before, after in pairwise(members):
-        if before.name == after.name:
-            raise EvidenceRejected(f"tar: member '{after.name}' appears twice")
-        if before.name.encode() > after.name.encode():
-            raise EvidenceRejected(f"tar: member '{after.name}' comes after '{before.name}': not in canonical "
-                                   "(sorted) order")
+def _b64(value: Any, what: str) -> bytes:
+    """Standard or URL-safe base64 (DSSE allows either), strictly: no stray characters."""
+    if not isinstance(value, str):
+        raise EvidenceRejected(f"{ENVELOPE}: {what} is missing or not a string", ENVELOPE)
+    try:
+        return base64.b64decode(value.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        raise EvidenceRejected(f"{ENVELOPE}: {what} is not base64", ENVELOPE) from None
 
 
-def _check_canonical_headers(tar: bytes, members: Sequence[_Member], mtime: int) -> None:
-    """Every header must be the canonical one: catches a changed mode, uid, mtime, owner name, checksum..."""
-    for member in members:
-        actual = tar[member.offset:member.offset + _BLOCK]
-        expected = tar_header(member.name, len(member.data), mtime)
-        if actual != expected:
-            at = next(i for i in range(_BLOCK) if actual[i] != expected[i])
-            raise EvidenceRejected(f"tar: member '{member.name}': header field '{_field(at)}' is not canonical "
-                                   f"(tar byte {member.offset + at})")
+def _parse_envelope(data: bytes | memoryview | None) -> tuple[bytes, list[tuple[str | None, bytes]]]:
+    """(payload, [(keyid, signature)]) of a DSSE envelope with the in-toto payload type."""
+    if data is None:
+        raise EvidenceRejected(f"{ENVELOPE} is missing from the bundle", ENVELOPE)
+    try:
+        doc = json.loads(bytes(data))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EvidenceRejected(f"{ENVELOPE}: not valid JSON: {exc}", ENVELOPE) from None
+    if not isinstance(doc, dict):
+        raise EvidenceRejected(f"{ENVELOPE}: not a DSSE envelope (a JSON object expected)", ENVELOPE)
+    if doc.get("payloadType") != PAYLOAD_TYPE:
+        raise EvidenceRejected(f"{ENVELOPE}: payloadType is {doc.get('payloadType')!r}, an evidence bundle's is "
+                               f"{PAYLOAD_TYPE!r}", ENVELOPE)
+    payload = _b64(doc.get("payload"), "payload")
+    signatures = doc.get("signatures")
+    if not isinstance(signatures, list) or not signatures or len(signatures) > MAX_SIGNATURES or not all(
+            isinstance(s, dict) and isinstance(s.get("keyid", ""), str) for s in signatures):
+        raise EvidenceRejected(f"{ENVELOPE}: 'signatures' must list 1 to {MAX_SIGNATURES} signatures, each a sig and "
+                               "a keyid", ENVELOPE)
+    return payload, [(s.get("keyid") or None, _b64(s.get("sig"), "a signature's sig")) for s in signatures]
 
 
-# -- verify: signature and manifest -----------------------------------------------------------
-
-
-def _embedded_key(members: Mapping[str, _Member]) -> Ed25519PublicKey:
+def _embedded_key(members: Mapping[str, memoryview]) -> Ed25519PublicKey:
     """signer.pub from the bundle, parsed in memory (load_public_key reads files; verify writes none)."""
     if PUBLIC_KEY not in members:
         raise EvidenceRejected(f"{PUBLIC_KEY} is missing, so there is no key to check the signature with (pass "
                                "--key PUBLIC_KEY.pub)", PUBLIC_KEY)
     try:
-        key = serialization.load_pem_public_key(bytes(members[PUBLIC_KEY].data))
+        key = serialization.load_pem_public_key(bytes(members[PUBLIC_KEY]))
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise EvidenceRejected(f"{PUBLIC_KEY}: not a readable PEM public key", PUBLIC_KEY) from None
     if not isinstance(key, Ed25519PublicKey):
@@ -535,154 +416,135 @@ def _embedded_key(members: Mapping[str, _Member]) -> Ed25519PublicKey:
     return key
 
 
-def _check_signature(members: Mapping[str, _Member], key: Ed25519PublicKey) -> bytes:
-    for name in (MANIFEST, SIGNATURE):
-        if name not in members:
-            raise EvidenceRejected(f"{name} is missing from the bundle")
-    manifest, signature = bytes(members[MANIFEST].data), bytes(members[SIGNATURE].data)
+def _claimed_key_ids(payload: bytes, signatures: Sequence[tuple[str | None, bytes]]) -> set[str]:
+    """The key ids an unverified envelope names: only to say 'another key' rather than 'changed'."""
+    claimed = {keyid for keyid, _ in signatures if keyid}
     try:
-        key.verify(signature, manifest)
-    except InvalidSignature:
-        claimed = _claimed_key_id(manifest)
-        if claimed is not None and claimed != key_id(key):
-            raise EvidenceRejected(f"{SIGNATURE}: {MANIFEST} says key {claimed} signed it, and the signature does "
-                                   f"not verify with key {key_id(key)}: not signed by this key") from None
-        raise EvidenceRejected(f"{SIGNATURE}: the signature does not match {MANIFEST} (key {key_id(key)}): the "
-                               "manifest was changed after signing") from None
-    return manifest
+        predicate_key = json.loads(payload)["predicate"]["key_id"]
+    except (ValueError, KeyError, TypeError):
+        return claimed
+    return claimed | ({predicate_key} if isinstance(predicate_key, str) else set())
 
 
-def _claimed_key_id(manifest: bytes) -> str | None:
-    """The key id an unverified manifest names: only to say 'another key' rather than 'changed'."""
-    try:
-        claimed = json.loads(manifest).get("key_id")
-    except (ValueError, AttributeError):
-        return None
-    return claimed if isinstance(claimed, str) else None
+def _check_signature(payload: bytes, signatures: Sequence[tuple[str | None, bytes]], key: Ed25519PublicKey) -> None:
+    """One signature must verify over PAE(payloadType, payload); its keyid, if any, must be the key's."""
+    signed = pae(PAYLOAD_TYPE, payload)
+    for keyid, signature in signatures:
+        try:
+            key.verify(signature, signed)
+        except InvalidSignature:
+            continue
+        if keyid is not None and keyid != key_id(key):
+            raise EvidenceRejected(f"{ENVELOPE}: the signature's keyid is {keyid}, but it was made by key "
+                                   f"{key_id(key)}", ENVELOPE)
+        return
+    claimed = _claimed_key_ids(payload, signatures)
+    if claimed and key_id(key) not in claimed:
+        raise EvidenceRejected(f"{ENVELOPE}: the envelope says key {', '.join(sorted(claimed))} signed it, and the "
+                               f"signature does not verify with key {key_id(key)}: not signed by this key", ENVELOPE)
+    raise EvidenceRejected(f"{ENVELOPE}: the signature does not match the payload (key {key_id(key)}): the statement "
+                           "was changed after signing", ENVELOPE)
 
 
 def _hex64(value: Any) -> bool:
     return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None
 
 
-def _parse_manifest(data: bytes) -> dict[str, Any]:
-    """The signed manifest, checked for shape (it is trusted by now, but may still come from an odd packer)."""
+def _parse_statement(payload: bytes) -> dict[str, Any]:
+    """The in-toto statement, checked for shape: the hil predicate, a subject of names and sha256 digests."""
     try:
-        doc = json.loads(data)
+        doc = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EvidenceRejected(f"{MANIFEST}: not valid JSON: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise EvidenceRejected(f"{MANIFEST}: not an evidence manifest (schema {SCHEMA} expected)")
+        raise EvidenceRejected(f"{ENVELOPE}: the payload is not valid JSON: {exc}", ENVELOPE) from None
+    if not isinstance(doc, dict) or doc.get("_type") != STATEMENT_TYPE:
+        raise EvidenceRejected(f"{ENVELOPE}: the payload is not an in-toto statement (_type {STATEMENT_TYPE} "
+                               "expected)", ENVELOPE)
+    if doc.get("predicateType") != PREDICATE_TYPE:
+        raise EvidenceRejected(f"{ENVELOPE}: predicateType is {doc.get('predicateType')!r}, an evidence bundle's is "
+                               f"{PREDICATE_TYPE!r}", ENVELOPE)
+    predicate = doc.get("predicate")
+    if not isinstance(predicate, dict):
+        raise EvidenceRejected(f"{ENVELOPE}: the statement has no predicate", ENVELOPE)
     for key in ("run_id", "created_at", "key_id"):
-        if not isinstance(doc.get(key), str):
-            raise EvidenceRejected(f"{MANIFEST}: '{key}' is missing or not a string")
-    files = doc.get("files")
-    if not isinstance(files, list) or not all(
-            isinstance(f, dict) and isinstance(f.get("path"), str) and _hex64(f.get("sha256"))
-            and isinstance(f.get("size"), int) and not isinstance(f.get("size"), bool) for f in files):
-        raise EvidenceRejected(f"{MANIFEST}: 'files' must list path, sha256 and size of every file")
+        if not isinstance(predicate.get(key), str):
+            raise EvidenceRejected(f"{ENVELOPE}: the predicate's '{key}' is missing or not a string", ENVELOPE)
+    subject = doc.get("subject")
+    if not isinstance(subject, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("digest"), dict)
+            and _hex64(s["digest"].get("sha256")) for s in subject):
+        raise EvidenceRejected(f"{ENVELOPE}: the statement's subject must give every file's name and sha256",
+                               ENVELOPE)
     return doc
 
 
-def _mtime(manifest: Mapping[str, Any]) -> int:
-    """The members' mtime: the manifest's created_at, so the archive needs no other clock."""
-    try:
-        created = datetime.fromisoformat(manifest["created_at"])
-    except ValueError:
-        raise EvidenceRejected(f"{MANIFEST}: created_at {manifest['created_at']!r} is not an ISO 8601 time") from None
-    if created.tzinfo is None:
-        raise EvidenceRejected(f"{MANIFEST}: created_at {manifest['created_at']!r} has no time zone")
-    return int(created.timestamp())
-
-
-def _check_files(manifest: Mapping[str, Any], members: Mapping[str, _Member]) -> int:
-    """Every listed file present with its size and sha256, and nothing else in the bundle."""
-    listed = {f["path"]: f for f in manifest["files"]}
-    if len(listed) != len(manifest["files"]):
-        raise EvidenceRejected(f"{MANIFEST}: a path is listed twice")
-    for name in (MANIFEST, SIGNATURE):
-        if name in listed:
-            raise EvidenceRejected(f"{MANIFEST}: lists {name}, which cannot carry its own hash")
-    extra = sorted(set(members) - set(listed) - {MANIFEST, SIGNATURE})
+def _check_subject(doc: Mapping[str, Any], members: Mapping[str, memoryview]) -> int:
+    """The subject lists exactly the members but the envelope, each with its sha256."""
+    listed = {s["name"]: s["digest"]["sha256"] for s in doc["subject"]}
+    if len(listed) != len(doc["subject"]):
+        raise EvidenceRejected(f"{ENVELOPE}: the subject lists a file twice", ENVELOPE)
+    if ENVELOPE in listed:
+        raise EvidenceRejected(f"{ENVELOPE}: the subject lists {ENVELOPE}, which cannot carry its own hash", ENVELOPE)
+    extra = sorted(set(members) - set(listed) - {ENVELOPE})
     if extra:
-        raise EvidenceRejected(f"'{extra[0]}': in the bundle but not in {MANIFEST} (added after signing)")
-    for path, entry in sorted(listed.items()):
-        member = members.get(path)
-        if member is None:
-            raise EvidenceRejected(f"'{path}': listed in {MANIFEST} but missing from the bundle", path)
-        if len(member.data) != entry["size"]:
-            raise EvidenceRejected(f"'{path}': {len(member.data)} bytes, {MANIFEST} says {entry['size']}", path)
-        digest = hashlib.sha256(member.data).hexdigest()
-        if digest != entry["sha256"]:
-            raise EvidenceRejected(f"'{path}': sha256 is {digest}, {MANIFEST} says {entry['sha256']}: the file "
-                                   "was changed after signing", path)
+        raise EvidenceRejected(f"'{extra[0]}': in the bundle but not in the subject of {ENVELOPE} (added after "
+                               "signing)", extra[0])
+    for name, expected in sorted(listed.items()):
+        if name not in members:
+            raise EvidenceRejected(f"'{name}': in the subject of {ENVELOPE} but missing from the bundle (removed "
+                                   "after signing)", name)
+        digest = hashlib.sha256(members[name]).hexdigest()
+        if digest != expected:
+            raise EvidenceRejected(f"'{name}': sha256 is {digest}, the statement in {ENVELOPE} says {expected}: the "
+                                   "file was changed after signing", name)
     return len(listed)
 
 
-# -- verify -----------------------------------------------------------------------------------
+def _subject_problem(payload: bytes, members: Mapping[str, memoryview]) -> EvidenceRejected | None:
+    """What is wrong with the files, measured against the statement as it stands (not yet trusted).
 
-
-def _content_problem(tar: bytes, members_list: Sequence[_Member], members: Mapping[str, _Member],
-                     manifest_bytes: bytes | None) -> EvidenceRejected | None:
-    """The first thing wrong with the files and tar headers, measured against the manifest as it stands.
-
-    Not raised at once: a manifest that was itself changed makes every such finding moot, and only
-    the signature check can tell, so the caller decides which failure is the reason.
+    Not raised at once: a changed statement makes every such finding moot, and only the signature
+    can tell, so the caller decides which failure is the reason.
     """
     try:
-        if manifest_bytes is None:
-            raise EvidenceRejected(f"{MANIFEST} is missing from the bundle", MANIFEST)
-        manifest = _parse_manifest(manifest_bytes)
-        _check_files(manifest, members)
-        _check_canonical_headers(tar, members_list, _mtime(manifest))
+        _check_subject(_parse_statement(payload), members)
     except EvidenceRejected as exc:
         return exc
     return None
 
 
-def _check_signer(manifest: Mapping[str, Any], members: Mapping[str, _Member], key: Ed25519PublicKey) -> None:
-    """The manifest's key id and the bundle's signer.pub must both name the key that signed."""
-    if manifest["key_id"] != key_id(key):
-        raise EvidenceRejected(f"{MANIFEST}: names key {manifest['key_id']}, but the signature is by {key_id(key)}")
+def _check_signer(predicate: Mapping[str, Any], members: Mapping[str, memoryview], key: Ed25519PublicKey) -> None:
+    """The statement's key id and the bundle's signer.pub must both name the key that signed."""
+    if predicate["key_id"] != key_id(key):
+        raise EvidenceRejected(f"{ENVELOPE}: the statement names key {predicate['key_id']}, but the signature is by "
+                               f"{key_id(key)}", ENVELOPE)
     if PUBLIC_KEY in members and key_id(embedded := _embedded_key(members)) != key_id(key):
         raise EvidenceRejected(f"{PUBLIC_KEY}: key {key_id(embedded)} is not the signer {key_id(key)}", PUBLIC_KEY)
-
-
-def _member_bytes(members: Mapping[str, _Member], name: str) -> bytes | None:
-    return bytes(members[name].data) if name in members else None
 
 
 def verify(bundle: Path, public_key: Ed25519PublicKey | None = None) -> Verified:
     """Check a bundle offline; raises EvidenceRejected naming the file and the check, ConfigError if no bundle.
 
-    Order: framing and tar structure; then the files and headers against the manifest, and the
-    signature over the manifest (a bad signature is the reason whenever the manifest itself changed);
-    the gzip trailer last, since every other byte has been accounted for by then.
+    Order: gzip and tar structure; the envelope's shape; then the files against the (unverified)
+    statement and the signature over it: a bad signature is the reason whenever the statement itself
+    changed, except that a changed signer.pub (which then breaks the signature too) is named as such.
     """
-    data = _read_bundle(bundle)
-    _check_gzip_header(bundle, data)
-    tar, trailer_at = _unstore(data)
-    if len(tar) > MAX_TAR_BYTES:
-        raise EvidenceRejected(f"tar: more than {MAX_TAR_BYTES >> 20} MiB")
-    members_list = parse_tar(tar)
-    members = {m.name: m for m in members_list}
-    manifest_bytes = _member_bytes(members, MANIFEST)
-    problem = _content_problem(tar, members_list, members, manifest_bytes)
+    members = read_members(gunzip(_read_bundle(bundle)))
+    payload, signatures = _parse_envelope(members.get(ENVELOPE))
+    problem = _subject_problem(payload, members)
     try:
         key = public_key or _embedded_key(members)
-        _check_signature(members, key)
+        _check_signature(payload, signatures, key)
     except EvidenceRejected as bad_signature:
-        # A changed signer.pub breaks the signature check too; the changed file is the better reason.
         raise (problem if problem and problem.member == PUBLIC_KEY and public_key is None else bad_signature) from None
     if problem is not None:
         raise problem
-    assert manifest_bytes is not None
-    manifest = _parse_manifest(manifest_bytes)
-    _check_signer(manifest, members, key)
-    _check_trailer(data[trailer_at:], tar, trailer_at)
-    warnings = tuple(str(w) for w in manifest.get("warnings") or [])
-    return Verified(bundle, manifest["run_id"], manifest["created_at"], manifest["key_id"], len(manifest["files"]),
-                    manifest.get("complete") is True, warnings, public_key is None)
+    doc = _parse_statement(payload)
+    files = _check_subject(doc, members)
+    predicate = doc["predicate"]
+    _check_signer(predicate, members, key)
+    warnings = tuple(str(w) for w in predicate.get("warnings") or [])
+    return Verified(bundle, predicate["run_id"], predicate["created_at"], predicate["key_id"], files,
+                    predicate.get("complete") is True, warnings, public_key is None)
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -709,8 +571,8 @@ def cmd_pack(args: argparse.Namespace, inventory: object = None) -> int:
 def _report(result: Verified) -> str:
     signer = "the signer.pub inside the bundle" if result.embedded_key else "--key"
     lines = [f"{result.path}: OK", f"  run       {result.run_id}{'' if result.complete else ' (INCOMPLETE run)'}",
-             f"  created   {result.created_at}", f"  key id    {result.key_id} (signature checked with {signer})",
-             f"  files     {result.files} (sha256 and size match; archive canonical byte for byte)"]
+             f"  created   {result.created_at}", f"  key id    {result.key_id} (DSSE signature checked with {signer})",
+             f"  files     {result.files} (each sha256 as in the signed in-toto statement; no file more or less)"]
     if result.embedded_key:
         lines.append("  NOTE      the key came from the bundle itself: this proves integrity only, not who signed it; "
                      "pass --key PUBLIC_KEY.pub to check the signer")
@@ -734,14 +596,14 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     """`pack` and `verify` under parser (as in `hil evidence`)."""
     sub = parser.add_subparsers(dest="evidence_command", required=True)
     pack_cmd = sub.add_parser("pack", help="write the signed evidence bundle of a run",
-                              description="Pack reports/ into one signed, canonical .tar.gz.")
+                              description="Pack reports/ into one .tar.gz with a signed DSSE/in-toto attestation.")
     pack_cmd.add_argument("--reports", default="reports", help="the run's report directory (default: %(default)s)")
     pack_cmd.add_argument("--key", default=None, metavar="PRIVATE_KEY.pem",
                           help=f"ed25519 private key (PEM) to sign with (default: the path in ${KEY_ENV})")
     pack_cmd.add_argument("--out", default=None, metavar="PATH",
                           help="where to write (default: REPORTS/evidence-<run_id>.tar.gz)")
     pack_cmd.set_defaults(func=cmd_pack, needs_inventory=False)
-    verify_cmd = sub.add_parser("verify", help="check a bundle offline: signature, hashes, canonical bytes",
+    verify_cmd = sub.add_parser("verify", help="check a bundle offline: signature, and every file's sha256",
                                 description="Exit status: 0 OK, 1 rejected (the reason is printed), 2 no bundle.")
     verify_cmd.add_argument("bundle", metavar="BUNDLE")
     verify_cmd.add_argument("--key", default=None, metavar="PUBLIC_KEY.pub",
