@@ -17,6 +17,9 @@ declare -A NEED=(
   [/usr/sbin/visudo]=sudo
   [/usr/sbin/useradd]=passwd   # the non-root login of an emulated device (rpi4-emu)
   [/usr/bin/chromium]=chromium  # only hil's own tests: they look at the HTML report headless
+  # only hil's own tests: they run the README's check of an evidence bundle with standard tools
+  [/usr/bin/jq]=jq
+  [/usr/bin/openssl]=openssl
 )
 missing=()
 for path in "${!NEED[@]}"; do
