@@ -123,15 +123,30 @@ def _sh(*args: str, timeout: float = 30) -> str:
     return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=True).stdout
 
 
-def _mount_pid(profile: Profile) -> int:
-    """A process of the device's sshd: its mount namespace holds the device's workdir."""
-    for pid in sorted(int(p) for p in _sh("ip", "netns", "pids", profile.netns).split()):
+def _in_device_mounts(profile: Profile, script: str) -> str:
+    """Run `script` in the device's mount namespace (which holds its workdir), as seen through one of its
+    processes: the device's init first (it lives as long as the device), else an sshd. A process can end
+    between being listed and being entered (a session's sshd): then the next one is tried."""
+    pids = sorted(int(p) for p in _sh("ip", "netns", "pids", profile.netns).split())
+
+    def rank(pid: int) -> int:
         try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
-                return pid
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
-            continue
-    raise AssertionError(f"no sshd in netns {profile.netns}")
+            return 9
+        return 0 if b"device_init.py" in cmdline else 1 if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd" \
+            else 9
+
+    candidates = [pid for pid in sorted(pids, key=rank) if rank(pid) < 9]
+    failures = []
+    for pid in candidates:
+        proc = subprocess.run(["nsenter", "-t", str(pid), "-m", "sh", "-c", script], capture_output=True, text=True,
+                              timeout=30)
+        if proc.returncode == 0:
+            return proc.stdout
+        failures.append(f"pid {pid}: exit {proc.returncode} {proc.stderr.strip()[:200]}")
+    raise AssertionError(f"cannot enter the mount namespace of the device in netns {profile.netns}: "
+                         f"{'; '.join(failures) or 'no init or sshd process in it'}")
 
 
 @dataclass(frozen=True)
@@ -159,10 +174,10 @@ def read_directly(profile: Profile) -> Direct:
     rules = [line for line in _sh(*ns, "iptables-save").splitlines() if TAG in line]
     qdiscs = [line for line in _sh(*ns, "tc", "qdisc", "show").splitlines()
               if f" {QDISC_HANDLE} " in line or " tbf " in line or " netem " in line]
-    enter = ("nsenter", "-t", str(_mount_pid(profile)), "-m")
     # Fill files lie in .hil, the ledger in .hil/faults (.hil also holds the lease's lease.json: not a fault).
-    names = _sh(*enter, "sh", "-c", f"ls -1a {profile.workdir}/.hil 2>/dev/null; true")
-    ledger = _sh(*enter, "sh", "-c", f"ls -1a {profile.workdir}/.hil/faults 2>/dev/null; true")
+    listing = _in_device_mounts(profile, f"ls -1a {profile.workdir}/.hil 2>/dev/null; echo ////; "
+                                         f"ls -1a {profile.workdir}/.hil/faults 2>/dev/null; true")
+    names, _, ledger = listing.partition("////")
     processes = []
     for pid in _sh("ip", "netns", "pids", profile.netns).split():
         try:
@@ -183,10 +198,9 @@ def _scrub(profile: Profile, fault_id: str, clock_before: str | None) -> None:
         if " root " in line and (f" {QDISC_HANDLE} " in line or " tbf " in line):
             subprocess.run([*ns, "tc", "qdisc", "del", "dev", line.split()[4], "root"], timeout=30, check=False)
     for process in read_directly(profile).processes:
-        if TAG in process or fault_id in process:
+        if TAG in process or (fault_id and fault_id in process):
             subprocess.run(["kill", "-9", process.split()[0]], timeout=30, check=False)
-    subprocess.run(["nsenter", "-t", str(_mount_pid(profile)), "-m", "sh", "-c",
-                    f"rm -f {profile.workdir}/.hil/fill-* {profile.workdir}/.hil/faults/*"], timeout=30, check=True)
+    _in_device_mounts(profile, f"rm -f {profile.workdir}/.hil/fill-* {profile.workdir}/.hil/faults/*")
     if profile.clock_file is not None and clock_before is not None:
         profile.clock_file.write_text(clock_before + "\n")
 
@@ -231,9 +245,21 @@ def figure() -> Iterator[None]:
 def test_no_leftovers_after_the_next_run_start(profile_fixture: str, kind: str, point: str,
                                                request: pytest.FixtureRequest) -> None:
     profile: Profile = request.getfixturevalue(profile_fixture)
-    expression, cuts_off = KINDS[kind]
     before = read_directly(profile)
     assert before.leftovers("", None) == [], f"the device was not clean before the test: {before}"
+    applied: list[str] = []  # the fault's id, once the applying process said it
+    try:
+        _kill_then_sweep(profile, kind, point, before, applied)
+    except pytest.skip.Exception:
+        raise
+    except BaseException:
+        # Whatever failed (the device, this test's own reading of it), the next case must start clean.
+        _scrub(profile, applied[0] if applied else "", before.clock)
+        raise
+
+
+def _kill_then_sweep(profile: Profile, kind: str, point: str, before: Direct, applied: list[str]) -> None:
+    expression, cuts_off = KINDS[kind]
     script = textwrap.dedent(APPLIER.format(fault=expression))
     proc = subprocess.Popen([sys.executable, "-c", script, str(profile.devices_toml), profile.device, point],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -247,6 +273,7 @@ def test_no_leftovers_after_the_next_run_start(profile_fixture: str, kind: str, 
             proc.wait(timeout=30)
             raise AssertionError(f"the applying process died: {proc.stderr.read()[-800:] if proc.stderr else ''}")
         fault_id = first.split()[1]
+        applied.append(fault_id)
         assert first == f"applied {fault_id}"
         applied = read_directly(profile)
         # The fault is really there (else there is nothing to prove): some trace of it, or the clock moved.
@@ -264,16 +291,11 @@ def test_no_leftovers_after_the_next_run_start(profile_fixture: str, kind: str, 
         if cuts_off:
             _wait_reachable(device, 4 + 20)  # the dead-man's 4 s, and a margin
         faults.sweep(device)  # what the next run start does (the plugin's and `hil devices check`'s sweep)
-    except BaseException:
-        _scrub(profile, fault_id, before.clock)
-        raise
     finally:
         device.close()
     after = read_directly(profile)
     left = after.leftovers(fault_id, before.clock)
     FIGURE[(profile.name, kind, point)] = len(left)
-    if left:
-        _scrub(profile, fault_id, before.clock)
     assert left == [], f"{kind} / {point} on {profile.name}: leftovers after the next run start: {left}"
 
 

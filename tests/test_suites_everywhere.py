@@ -25,8 +25,8 @@ ALLOWED_SKIPS = re.compile(r"libfaketime|clock_set = true|netem")
 
 def _run_suites(devices: Path, cwd: Path) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(REPO / "suites"),
-         "--hil-devices", str(devices), "--hil-no-lab"],
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--strict-markers",
+         str(REPO / "suites"), "--hil-devices", str(devices), "--hil-no-lab"],
         capture_output=True, text=True, timeout=900, cwd=cwd)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
