@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import hil
 from hil import rollout
 from hil.budgets import temper
-from hil.config import DeviceConfig, Inventory, load_inventory
+from hil.config import DEVICES_ENV, DeviceConfig, Inventory, load_inventory
 from hil.device import Device
 from hil.errors import ConfigError, HilError, InfraError
 from hil.exit_codes import Exit
@@ -557,7 +558,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hil", description="hardware-in-the-loop validation for edge AI",
                                      epilog="exit codes (every command):\n" + exit_table(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--devices", default="devices.toml", help="devices.toml of the lab (default: %(default)s)")
+    parser.add_argument("--devices", default=os.environ.get(DEVICES_ENV, "devices.toml"),
+                        help=f"devices.toml of the lab (default: ${DEVICES_ENV}, else ./devices.toml; "
+                             "now: %(default)s)")
+    parser.add_argument("--version", action="version", version=f"hil {hil.__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what hil does")
     parser.add_argument("--lease-timeout", type=float, default=DEFAULT_LEASE_TIMEOUT, metavar="S",
                         help="a command that changes or measures a device first takes its lease: wait this long "

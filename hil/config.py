@@ -15,6 +15,7 @@ from hil.errors import ConfigError
 
 DEFAULT_STATE_DIR = Path("/run/hil")
 DEFAULT_WORKDIR = "/var/lib/hil"
+DEVICES_ENV = "HIL_DEVICES"  # the devices file when no --devices / --hil-devices is given
 DEFAULT_SSH_CONFIG = Path("~/.ssh/config").expanduser()
 EMULATED_HOST_OFFSET = 10  # emulated devices get subnet addresses .10, .11, ...
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -656,7 +657,7 @@ def load_inventory(path: Path | str, *, require_devices: bool = True) -> Invento
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file: create it, or point hil at yours "
-                          "(pytest --hil-devices PATH, hil --devices PATH)") from None
+                          f"(pytest --hil-devices PATH, hil --devices PATH, or ${DEVICES_ENV} for both)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot be read: {exc}") from None
     try:

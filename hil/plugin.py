@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -17,7 +18,7 @@ import allure
 import pytest
 
 from hil.artifacts import Artifact, load_artifact
-from hil.config import Inventory, load_inventory
+from hil.config import DEVICES_ENV, Inventory, load_inventory
 from hil.deploy import DeployedModel, deploy, trusted_keys
 from hil.device import Device
 from hil.errors import CapabilityMissing, ConfigError, DeviceUnhealthy, InfraError, TransportError
@@ -39,7 +40,8 @@ _SESSION_KEY = pytest.StashKey[DevicePool]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("hil", "hardware-in-the-loop devices")
     group.addoption("--hil-devices", metavar="PATH", default=None,
-                    help=f"devices.toml describing the lab (default: ./{DEFAULT_DEVICES} when present)")
+                    help=f"devices.toml describing the lab (default: ${DEVICES_ENV}, else ./{DEFAULT_DEVICES} "
+                         "when present)")
     group.addoption("--hil-device", metavar="NAME", action="append", default=[],
                     help="run only on this device (repeatable); default: every device in devices.toml")
     group.addoption("--hil-no-lab", action="store_true", default=False,
@@ -57,8 +59,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _inventory_path(config: pytest.Config) -> Path | None:
-    """--hil-devices if given (it must then exist), else ./devices.toml when there is one."""
-    given = config.getoption("--hil-devices")
+    """--hil-devices if given (it must then exist), else $HIL_DEVICES, else ./devices.toml when there is one."""
+    given = config.getoption("--hil-devices") or os.environ.get(DEVICES_ENV)
     if given:
         return Path(given)
     default = Path(config.invocation_params.dir) / DEFAULT_DEVICES

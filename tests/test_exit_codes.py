@@ -34,3 +34,17 @@ def test_a_dead_device_is_infrastructure_75_for_a_cli_command(tmp_path, capsys: 
                        f'connect_timeout = 1\nknown_hosts = "{tmp_path / "known_hosts"}"\n')
     assert cli.main(["--devices", str(devices), "run", "gone", "--", "true"]) == 75
     assert "infrastructure error" in capsys.readouterr().err
+
+
+def test_version_and_the_devices_file_from_the_environment(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import hil
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"hil {hil.__version__}"
+    missing = tmp_path / "lab" / "devices.toml"
+    monkeypatch.setenv("HIL_DEVICES", str(missing))
+    assert cli.main(["devices", "list"]) == 2  # $HIL_DEVICES is the default devices file: it names it
+    err = capsys.readouterr().err
+    assert str(missing) in err and "$HIL_DEVICES" in err

@@ -365,3 +365,30 @@ def test_missing_current_is_a_usage_error(tmp_path: Path, capsys: pytest.Capture
     good = write(tmp_path / "good.json", summary(check(value=1.0)))
     assert main(["--baseline", str(good), "--current", str(tmp_path / "nope.json")]) == 2
     assert "nope.json does not exist" in capsys.readouterr().err
+
+
+def test_strict_fails_when_nothing_could_be_compared(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # After an onnxruntime update every check is "not comparable": the plain gate passes, warning that it
+    # compared nothing; --strict fails. Both say how many checks were compared.
+    base = write(tmp_path / "b.json", summary(check(value=1.0, fingerprint="fp-1")))
+    updated = write(tmp_path / "c.json", summary(check(value=1.0, fingerprint="fp-2")))
+    out_json = tmp_path / "gate.json"
+    assert main(["--baseline", str(base), "--current", str(updated)]) == 0
+    captured = capsys.readouterr()
+    assert "(1 checks, 0 compared with the baseline)" in captured.out
+    assert "no check was compared with the baseline" in captured.err and "--strict" in captured.err
+    assert main(["--baseline", str(base), "--current", str(updated), "--strict", "--json", str(out_json)]) == 1
+    assert "gate FAILED (strict)" in capsys.readouterr().out
+    report = json.loads(out_json.read_text())
+    assert report["strict"] is True and report["compared"] == 0 and report["passed"] is False
+
+
+def test_strict_passes_when_every_check_was_compared_and_none_regressed(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    base = write(tmp_path / "b.json", summary(check(value=1.0), check("cold_start_ms", 100.0)))
+    same = write(tmp_path / "c.json", summary(check(value=1.0), check("cold_start_ms", 101.0)))
+    assert main(["--baseline", str(base), "--current", str(same), "--strict"]) == 0
+    assert "gate passed (strict)" in capsys.readouterr().out
+    mixed = write(tmp_path / "m.json", summary(check(value=1.0), check("cold_start_ms", 100.0, fingerprint="fp-9")))
+    assert main(["--baseline", str(base), "--current", str(mixed)]) == 0  # plain: not comparable is no failure
+    assert main(["--baseline", str(base), "--current", str(mixed), "--strict"]) == 1

@@ -13,7 +13,10 @@ identified by (device, model, check), and each one gets a status:
     new             only in this run
     unchanged       everything else
 
-Exit status: 1 when anything regressed or went missing, else 0; 2 when an input is unusable.
+Exit status: 1 when anything regressed or went missing, else 0; 2 when an input is unusable. With --strict
+(recommended for release gates), also 1 when a check is not comparable or when nothing was compared: after
+an onnxruntime or kernel update every check is "not comparable", and a plain gate would pass without
+having checked anything. The gate always says how many checks it really compared.
 
 Two checks are compared only when their fingerprint and `emulated` are equal. Emulated results are
 never compared with real ones: an emulator's timings and memory say nothing about the hardware, so a
@@ -97,6 +100,9 @@ class Status(StrEnum):
 
 
 FAILING = frozenset({Status.REGRESSED, Status.MISSING})
+# --strict (for release gates): a check that could not be compared fails too, and so does comparing nothing.
+FAILING_STRICT = FAILING | {Status.NOT_COMPARABLE}
+COMPARED = frozenset({Status.REGRESSED, Status.IMPROVED, Status.UNCHANGED})
 _ORDER = {status: i for i, status in enumerate(Status)}
 
 
@@ -468,12 +474,22 @@ def _relative(difference: float, baseline: float) -> float | None:
     return difference / abs(baseline) if baseline != 0 else None
 
 
-def gate_passed(comparisons: Iterable[Comparison]) -> bool:
+def compared(comparisons: Iterable[Comparison]) -> int:
+    """How many checks were really compared with the baseline (regressed, improved or unchanged)."""
+    return sum(c.status in COMPARED for c in comparisons)
+
+
+def gate_passed(comparisons: Sequence[Comparison], strict: bool = False) -> bool:
+    """No regression or missing check; with `strict`, also no check that was not comparable, and at
+    least one compared (after an onnxruntime or kernel update every check is "not comparable": a plain
+    gate passes, a strict one says that nothing was checked)."""
+    if strict:
+        return compared(comparisons) > 0 and not any(c.status in FAILING_STRICT for c in comparisons)
     return not any(c.fails_gate for c in comparisons)
 
 
-def exit_code(comparisons: Iterable[Comparison]) -> int:
-    return EXIT_OK if gate_passed(comparisons) else EXIT_FAILED
+def exit_code(comparisons: Sequence[Comparison], strict: bool = False) -> int:
+    return EXIT_OK if gate_passed(comparisons, strict) else EXIT_FAILED
 
 
 # -- updating the baseline ---------------------------------------------------------------------------
@@ -590,15 +606,19 @@ def tally(comparisons: Iterable[Comparison]) -> dict[str, int]:
     return counts
 
 
-def tally_line(comparisons: Sequence[Comparison]) -> str:
+def tally_line(comparisons: Sequence[Comparison], strict: bool = False) -> str:
     counts = ", ".join(f"{n} {status}" for status, n in tally(comparisons).items())
-    return f"gate {'passed' if gate_passed(comparisons) else 'FAILED'}: {counts} ({len(comparisons)} checks)"
+    mode = " (strict)" if strict else ""
+    return (f"gate {'passed' if gate_passed(comparisons, strict) else 'FAILED'}{mode}: {counts} "
+            f"({len(comparisons)} checks, {compared(comparisons)} compared with the baseline)")
 
 
-def gate_report(comparisons: Sequence[Comparison], baseline: Path, current: Path) -> dict[str, Any]:
+def gate_report(comparisons: Sequence[Comparison], baseline: Path, current: Path,
+                strict: bool = False) -> dict[str, Any]:
     """The comparison as a JSON document (schema hil.gate/1), for machines."""
-    return {"schema": GATE_SCHEMA, "baseline": str(baseline), "current": str(current),
-            "passed": gate_passed(comparisons), "exit_code": exit_code(comparisons), "tally": tally(comparisons),
+    return {"schema": GATE_SCHEMA, "baseline": str(baseline), "current": str(current), "strict": strict,
+            "passed": gate_passed(comparisons, strict), "exit_code": exit_code(comparisons, strict),
+            "compared": compared(comparisons), "tally": tally(comparisons),
             "comparisons": [c.to_dict() for c in comparisons]}
 
 
@@ -618,6 +638,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="override a tolerance: CHECK=10%% (relative) or CHECK=0.5 (absolute, in the check's "
                              "unit); CHECK may be a pattern like 'latency_*'; repeatable")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the comparison as JSON to OUT")
+    parser.add_argument("--strict", action="store_true",
+                        help="also fail when a check is not comparable, or when no check was compared at all "
+                             "(recommended for release gates)")
     return parser
 
 
@@ -643,19 +666,22 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     if current.get("complete") is False:
         print(f"note: {args.current} is of a run that did not finish (complete: false)", file=out)
     print(render_table(comparisons), file=out)
-    print(tally_line(comparisons), file=out)
+    print(tally_line(comparisons, args.strict), file=out)
+    if not args.strict and comparisons and not compared(comparisons):
+        print("hil gate: warning: no check was compared with the baseline (all new or not comparable): this "
+              "gate checked nothing; release gates should use --strict", file=err)
     if args.json is not None:
-        write_json_atomic(args.json, gate_report(comparisons, baseline_path, args.current))
+        write_json_atomic(args.json, gate_report(comparisons, baseline_path, args.current, args.strict))
     if args.update:
-        _update(baseline_path, baseline, current, comparisons, args.force, out, err)
-    return exit_code(comparisons)
+        _update(baseline_path, baseline, current, comparisons, args.force, out, err, args.strict)
+    return exit_code(comparisons, args.strict)
 
 
 def _update(path: Path, baseline: Mapping[str, Any], current: Mapping[str, Any], comparisons: Sequence[Comparison],
-            force: bool, out: TextIO, err: TextIO) -> None:
+            force: bool, out: TextIO, err: TextIO, strict: bool = False) -> None:
     counts = tally(comparisons)
     failing = f"{counts[Status.REGRESSED]} regressed, {counts[Status.MISSING]} missing"
-    if not gate_passed(comparisons) and not force:
+    if not gate_passed(comparisons, strict) and not force:
         print(f"hil gate: not updating {path}: the gate failed ({failing}); pass --force with --update to make "
               "this run the baseline anyway", file=err)
         return
@@ -663,6 +689,6 @@ def _update(path: Path, baseline: Mapping[str, Any], current: Mapping[str, Any],
     write_json_atomic(path, merged)
     written = len(current.get("checks") or [])
     kept = len(merged["checks"]) - written
-    forced = f" despite the failed gate ({failing})" if not gate_passed(comparisons) else ""
+    forced = f" despite the failed gate ({failing})" if not gate_passed(comparisons, strict) else ""
     print(f"baseline {path} updated{forced}: {written} checks from this run, {kept} kept from the baseline",
           file=out)
