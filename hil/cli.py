@@ -56,14 +56,22 @@ def cmd_lab_down(args: argparse.Namespace, inventory: Inventory) -> int:
     return 0
 
 
+def _print_json(doc: object) -> None:
+    print(json.dumps(doc, indent=2, sort_keys=True, default=str))
+
+
 def cmd_lab_status(args: argparse.Namespace, inventory: Inventory) -> int:
-    return _print_status(_lab(inventory).status())
+    return _print_status(_lab(inventory).status(), getattr(args, "json", False))
 
 
-def _print_status(statuses) -> int:  # type: ignore[no-untyped-def]
-    rows = [[s.name, s.address, "up" if s.up else "DOWN", "yes" if s.sshd else "no", "yes" if s.console else "no",
-             " ".join(f"{k}={v}" for k, v in s.limits.items()) or "-", s.clock or "-"] for s in statuses]
-    print(_table(rows, ["DEVICE", "ADDRESS", "STATE", "SSHD", "CONSOLE", "LIMITS", "CLOCK"]))
+def _print_status(statuses, as_json: bool = False) -> int:  # type: ignore[no-untyped-def]
+    if as_json:
+        _print_json([{**dataclasses.asdict(s), "up": s.up} for s in statuses])
+    else:
+        rows = [[s.name, s.address, "up" if s.up else "DOWN", "yes" if s.sshd else "no",
+                 "yes" if s.console else "no", " ".join(f"{k}={v}" for k, v in s.limits.items()) or "-",
+                 s.clock or "-"] for s in statuses]
+        print(_table(rows, ["DEVICE", "ADDRESS", "STATE", "SSHD", "CONSOLE", "LIMITS", "CLOCK"]))
     return 0 if all(s.up for s in statuses) else EXIT_INFRA
 
 
@@ -74,27 +82,39 @@ def cmd_devices_list(args: argparse.Namespace, inventory: Inventory) -> int:
         jump = f" via {d.ssh.jump}" if d.ssh.jump else ""
         return f"{user}{d.ssh.host}{port}{jump}"
 
+    holders = {d.name: _lease_holder(inventory, d) for d in inventory.devices} if args.leases else {}
+    if args.json:
+        docs = [{"name": d.name, "tags": list(d.tags), "emulated": d.emulated, "ssh": ssh(d),
+                 "serial": d.serial.port if d.serial else None, "workdir": d.workdir} for d in inventory.devices]
+        for doc in docs if args.leases else ():
+            holder = holders[doc["name"]]
+            # Free: null; held: who, which run, since when; unknown: why it could not be read.
+            doc["lease"] = dataclasses.asdict(holder) if isinstance(holder, LeaseInfo) else \
+                None if holder is None else {"unknown": holder}
+        _print_json(docs)
+        return 0
     rows = [[d.name, ",".join(d.tags), ssh(d), d.serial.port if d.serial else "-",
              d.workdir or "(default)"] for d in inventory.devices]
     header = ["DEVICE", "TAGS", "SSH", "SERIAL", "WORKDIR"]
     if args.leases:
         header.append("LEASED BY")
         for row, config in zip(rows, inventory.devices, strict=True):
-            row.append(_lease_holder(inventory, config))
+            holder = holders[config.name]
+            row.append(str(holder) if isinstance(holder, LeaseInfo) else "free" if holder is None else holder)
     print(_table(rows, header))
     return 0
 
 
-def _lease_holder(inventory: Inventory, config: DeviceConfig) -> str:
+def _lease_holder(inventory: Inventory, config: DeviceConfig) -> LeaseInfo | str | None:
+    """Who holds the device's lease (None: free), or why that could not be read."""
     try:
         device = _device(inventory, config.name)
         try:
-            holder = holder_of(device)
+            return holder_of(device)
         finally:
             device.close()
     except HilError as exc:
-        return f"? ({type(exc).__name__})"
-    return str(holder) if holder else "free"
+        return f"? ({type(exc).__name__}: {exc})"
 
 
 def _holder_or_none(device: Device) -> LeaseInfo | None:
@@ -110,7 +130,8 @@ def cmd_devices_check(args: argparse.Namespace, inventory: Inventory) -> int:
         _lab(inventory).ensure_up([d.name for d in chosen if d.emulated])
     from hil.faults import pending, sweep
 
-    rows = []
+    rows: list[list[str]] = []
+    docs: list[dict[str, Any]] = []
     for config in chosen:
         device = Device(config)
         # A console is exclusive: a run holding the device may have it open, so it is not ours to check.
@@ -134,10 +155,18 @@ def cmd_devices_check(args: argparse.Namespace, inventory: Inventory) -> int:
         facts = health.details.get("facts", {})
         busy = [f"leased by {holder}: serial console not checked"] if holder is not None else []
         # Faults on a leased device may be the holder's test at work: not a reason to call it unhealthy.
-        rows.append([config.name, "ok" if health.ok and (not left or holder) else "UNHEALTHY", f"{health.seconds:.2f}s",
+        healthy = health.ok and (not left or holder is not None)
+        rows.append([config.name, "ok" if healthy else "UNHEALTHY", f"{health.seconds:.2f}s",
                      facts.get("onnxruntime", "-"), facts.get("clock_offset", "-"),
                      "; ".join([*health.problems, *left, *cleared, *health.warnings, *busy]) or "-"])
-    print(_table(rows, ["DEVICE", "HEALTH", "TIME", "ONNXRUNTIME", "CLOCK", "PROBLEMS / WARNINGS"]))
+        docs.append({"name": config.name, "healthy": healthy, "seconds": round(health.seconds, 3),
+                     "onnxruntime": facts.get("onnxruntime"), "clock_offset": facts.get("clock_offset"),
+                     "problems": [*health.problems, *left], "cleared": cleared, "warnings": list(health.warnings),
+                     "leased_by": dataclasses.asdict(holder) if holder is not None else None})
+    if args.json:
+        _print_json(docs)
+    else:
+        print(_table(rows, ["DEVICE", "HEALTH", "TIME", "ONNXRUNTIME", "CLOCK", "PROBLEMS / WARNINGS"]))
     return 0 if all(r[1] == "ok" for r in rows) else EXIT_INFRA
 
 
@@ -302,6 +331,9 @@ def cmd_deploy(args: argparse.Namespace, inventory: Inventory | None) -> int:
                         allow_provider_fallback=args.allow_cpu_fallback, progress=_progress_printer(artifact.label))
     if result.fallback:
         print(f"note: {result.fallback}", file=sys.stderr)
+    if args.json:
+        _print_json(dataclasses.asdict(result))
+        return 0
     state = "already active, nothing sent" if result.already_active else \
         f"activated, {result.transferred_bytes} bytes sent (resumed from {result.resumed_from})"
     print(f"{args.name}: {artifact.manifest.label}: {state} in {result.seconds:.2f} s -> {result.model_path}")
@@ -343,6 +375,10 @@ def cmd_faults(args: argparse.Namespace, inventory: Inventory) -> int:
         with contextlib.closing(_device(inventory, args.name)) as device:
             records = pending(device) + unrecorded(device)
     verb = "undone" if args.faults_command == "clear" else "applied"
+    if args.json:
+        _print_json([{"id": r.id, "kind": r.kind, "params": r.params, "applied_at": r.applied_at, "run_id": r.run_id,
+                      "found_in_kernel_only": r.extra.get("found")} for r in records])
+        return 0
     if not records:
         print(f"{args.name}: no faults {verb}")
     for r in records:
@@ -573,15 +609,19 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_lab_up)
     lab.add_parser("down", help="remove every trace of the emulated lab").set_defaults(func=cmd_lab_down,
                                                                                          needs_devices=False)
-    lab.add_parser("status", help="what runs now").set_defaults(func=cmd_lab_status)
+    lab_status = lab.add_parser("status", help="what runs now")
+    lab_status.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    lab_status.set_defaults(func=cmd_lab_status)
 
     devices = sub.add_parser("devices", help="the devices of devices.toml").add_subparsers(
         dest="devices_command", required=True)
     listing = devices.add_parser("list", help="list devices")
     listing.add_argument("--leases", action="store_true", help="also ask each device who holds its lease")
+    listing.add_argument("--json", action="store_true", help="one JSON document instead of a table")
     listing.set_defaults(func=cmd_devices_list)
     check = devices.add_parser("check", help="health-check devices")
     check.add_argument("names", nargs="*", metavar="NAME")
+    check.add_argument("--json", action="store_true", help="one JSON document instead of a table")
     check.set_defaults(func=cmd_devices_check)
 
     facts = sub.add_parser("facts", help="what a device is (JSON)")
@@ -601,6 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("list", "faults still applied"), ("clear", "undo every fault left applied")):
         cmd = faults.add_parser(name, help=text)
         cmd.add_argument("name", metavar="DEVICE")
+        cmd.add_argument("--json", action="store_true", help="one JSON document instead of lines")
         cmd.set_defaults(func=cmd_faults)
 
     lease = sub.add_parser("lease", help="hold a device's lease around a command: hil lease DEVICE -- CMD...")
@@ -660,6 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument("dir", metavar="ARTIFACT_DIR")
     dep.add_argument("--allow-cpu-fallback", action="store_true",
                      help="run on CPU when none of the manifest's execution providers is available")
+    dep.add_argument("--json", action="store_true", help="the deploy's result as one JSON document")
     dep.set_defaults(func=cmd_deploy, needs_inventory=False)
     back = sub.add_parser("rollback", help="re-activate the previous version: hil rollback DEVICE MODEL")
     back.add_argument("name", metavar="DEVICE")
@@ -667,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
     back.set_defaults(func=cmd_rollback, needs_inventory=False)
     stat = sub.add_parser("status", help="what is deployed on a device")
     stat.add_argument("name", metavar="DEVICE")
-    stat.add_argument("--json", action="store_true")
+    stat.add_argument("--json", action="store_true", help="one JSON document instead of a table")
     stat.set_defaults(func=cmd_status, needs_inventory=False)
     bench = sub.add_parser("bench", help="deploy, measure latency, judge the budgets: hil bench DEVICE ARTIFACT_DIR",
                            description="Exit status: 0 every budget PASS (or none), 1 a budget FAILED, "

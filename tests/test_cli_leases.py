@@ -3,12 +3,15 @@ never pulls a device from under a run that holds it, and inside `hil lease DEVIC
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from fixtures.synthetic import DEMO_SIGNING_KEY as DEMO_KEY
+from hil.artifacts import load_artifact
 from hil.device import Device
 from hil.lab import EmulatedLab
 from hil.lease import Lease, holder_of
@@ -51,3 +54,27 @@ def test_a_command_inside_hil_lease_joins_that_lease(hil: list[str]) -> None:
     out = subprocess.run([*hil, "lease", "emu-a", "--", *inner], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout == "inside\n" and "leased to" in out.stderr
+
+
+def _json(hil: list[str], *command: str) -> object:
+    out = subprocess.run([*hil, *command, "--json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out.stdout)
+
+
+def test_listing_and_reporting_commands_speak_json(hil: list[str], device_a: Device, lab: EmulatedLab,
+                                                   tmp_path: Path) -> None:
+    with Lease(device_a, "nightly-run-44", timeout=5):
+        listed = {d["name"]: d for d in _json(hil, "devices", "list", "--leases")}  # type: ignore[union-attr]
+    assert listed["emu-a"]["lease"]["run_id"] == "nightly-run-44" and listed["emu-a"]["lease"]["since"]
+    assert listed["emu-b"]["lease"] is None and "jetson" in listed["emu-a"]["tags"] and listed["emu-a"]["emulated"]
+    assert {d["name"]: d["up"] for d in _json(hil, "lab", "status")} == {"emu-a": True, "emu-b": True}  # type: ignore[union-attr]
+    (checked,) = _json(hil, "devices", "check", "emu-a")  # type: ignore[misc]
+    assert checked["healthy"] is True and checked["onnxruntime"] and checked["leased_by"] is None
+    assert _json(hil, "faults", "list", "emu-a") == []
+    trusting = tmp_path / "devices.toml"  # the test lab's devices.toml, trusting the demo key
+    trust = f'\n[deploy]\ntrusted_keys = ["{DEMO_KEY.with_suffix(".pub")}"]\n'
+    trusting.write_text(lab.inventory.path.read_text() + trust)
+    deployed = _json([*hil[:-4], "--devices", str(trusting)], "deploy", "emu-a", str(MODEL))
+    assert deployed["sha256"] == load_artifact(MODEL).manifest.sha256  # type: ignore[index]
+    assert any(m["name"] == "digits-mlp" for m in _json(hil, "status", "emu-a"))  # type: ignore[union-attr]
