@@ -321,14 +321,14 @@ def cmd_artifact_verify(args: argparse.Namespace, inventory: Inventory | None) -
 
 def cmd_deploy(args: argparse.Namespace, inventory: Inventory | None) -> int:
     from hil.artifacts import load_artifact
-    from hil.deploy import deploy, trusted_keys
+    from hil.deploy import deploy_as_configured
 
     inventory = _inventory(args)
     artifact = load_artifact(Path(args.dir))
     with _held(args, inventory, args.name) as device:
-        result = deploy(device, artifact, trusted_keys(inventory.deploy), keep=inventory.deploy.keep_versions,
-                        margin_bytes=inventory.deploy.free_space_margin_bytes,
-                        allow_provider_fallback=args.allow_cpu_fallback, progress=_progress_printer(artifact.label))
+        result = deploy_as_configured(inventory.deploy, device, artifact,
+                                      allow_provider_fallback=args.allow_cpu_fallback,
+                                      progress=_progress_printer(artifact.label))
     if result.fallback:
         print(f"note: {result.fallback}", file=sys.stderr)
     if args.json:
@@ -447,7 +447,7 @@ def cmd_bench(args: argparse.Namespace, inventory: Inventory) -> int:
     from hil import bench
     from hil.artifacts import load_artifact
     from hil.budgets import Context, budgets_for_tags
-    from hil.deploy import DeployedModel, deploy, trusted_keys
+    from hil.deploy import DeployedModel, deploy_as_configured
     from hil.eval_contract import parse_dims
     from hil.evaluation import latency_inputs
     from hil.runner import StopWhen, run_latency
@@ -458,8 +458,7 @@ def cmd_bench(args: argparse.Namespace, inventory: Inventory) -> int:
     artifact = load_artifact(Path(args.dir))
     inputs = latency_inputs(artifact, parse_dims(args.dim, "--dim") or None)
     with _held(args, inventory, args.name) as device:
-        result = deploy(device, artifact, trusted_keys(inventory.deploy), keep=inventory.deploy.keep_versions,
-                        margin_bytes=inventory.deploy.free_space_margin_bytes)
+        result = deploy_as_configured(inventory.deploy, device, artifact)
         spec = budgets_for_tags(artifact.manifest.budgets, device.config.tags)
         extra = (args.quantile, args.limit_ms) if args.limit_ms is not None else None
         limits = bench.percentile_limits(spec, extra)
@@ -493,7 +492,7 @@ def cmd_eval(args: argparse.Namespace, inventory: Inventory) -> int:
     """Deploy, run the artifact's eval contract on the device, judge it; exit 0 PASS, 1 FAIL, 4 INCONCLUSIVE."""
     from hil.artifacts import load_artifact
     from hil.budgets import Verdict, budgets_for_tags
-    from hil.deploy import DeployedModel, deploy, trusted_keys
+    from hil.deploy import DeployedModel, deploy_as_configured
     from hil.evaluation import (
         NoEvalContract,
         accuracy_checks,
@@ -508,12 +507,9 @@ def cmd_eval(args: argparse.Namespace, inventory: Inventory) -> int:
         contract = contract_of(artifact)
     except NoEvalContract as exc:
         raise ConfigError(str(exc)) from None
-    keys = trusted_keys(inventory.deploy)
-    settings = inventory.deploy
     with _held(args, inventory, args.name) as device:
         def deployed(what: Any) -> DeployedModel:
-            return DeployedModel(device, what, deploy(device, what, keys, keep=settings.keep_versions,
-                                                      margin_bytes=settings.free_space_margin_bytes))
+            return DeployedModel(device, what, deploy_as_configured(inventory.deploy, device, what))
 
         evaluation = evaluate(deployed(artifact))
         judged = accuracy_checks(evaluation, budgets_for_tags(artifact.manifest.budgets, device.config.tags))

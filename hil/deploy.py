@@ -88,6 +88,14 @@ def trusted_keys(config: DeployConfig) -> list[Ed25519PublicKey]:
     return [load_public_key(p) for p in config.trusted_keys]
 
 
+def deploy_as_configured(config: DeployConfig, device: Device, artifact: Artifact, *,
+                         trusted: list[Ed25519PublicKey] | None = None, **options: Any) -> DeployResult:
+    """deploy() as devices.toml's [deploy] says: its trusted keys (unless `trusted` is given), its
+    keep_versions and free-space margin; `options` go to deploy() as they are."""
+    return deploy(device, artifact, trusted_keys(config) if trusted is None else trusted,
+                  **{"keep": config.keep_versions, "margin_bytes": config.free_space_margin_bytes, **options})
+
+
 def _version_dir(artifact: Artifact) -> str:
     return f"{artifact.manifest.version}-{artifact.manifest.sha256[:12]}"
 

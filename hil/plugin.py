@@ -19,7 +19,7 @@ import pytest
 
 from hil.artifacts import Artifact, load_artifact
 from hil.config import DEVICES_ENV, Inventory, load_inventory
-from hil.deploy import DeployedModel, deploy, trusted_keys
+from hil.deploy import DeployedModel, deploy_as_configured
 from hil.device import Device
 from hil.errors import CapabilityMissing, ConfigError, DeviceUnhealthy, InfraError, TransportError
 from hil.faults.injector import FaultInjector
@@ -252,9 +252,8 @@ def deployed_model(request: pytest.FixtureRequest, device: Device, artifact: Art
     assert inventory is not None
     manifest = artifact.manifest
     with allure.step(f"deploy {manifest.name} {manifest.version} to {device.name}"):
-        result = deploy(device, artifact, trusted_keys(inventory.deploy), keep=inventory.deploy.keep_versions,
-                        margin_bytes=inventory.deploy.free_space_margin_bytes,
-                        allow_provider_fallback=request.config.getoption("--hil-allow-cpu-fallback"))
+        result = deploy_as_configured(inventory.deploy, device, artifact,
+                                      allow_provider_fallback=request.config.getoption("--hil-allow-cpu-fallback"))
         attach_json("deploy", result.summary())
     if result.fallback:
         log.warning("%s", result.fallback)

@@ -42,7 +42,7 @@ from typing import Any
 
 from hil.artifacts import Artifact, load_artifact, verify
 from hil.config import DeviceConfig, Inventory
-from hil.deploy import deploy, rollback, status, trusted_keys
+from hil.deploy import deploy_as_configured, rollback, status, trusted_keys
 from hil.device import Device
 from hil.errors import ConfigError, HilError, InfraError
 from hil.exit_codes import Exit
@@ -236,10 +236,8 @@ def _deploy_one(state: Rollout, name: str) -> None:
     try:
         outcome.before = _active(device, state.model)
         outcome.attempted = True
-        result = deploy(device, state.artifact, trusted_keys(state.inventory.deploy),
-                        keep=state.inventory.deploy.keep_versions,
-                        margin_bytes=state.inventory.deploy.free_space_margin_bytes,
-                        allow_provider_fallback=state.options.allow_cpu_fallback)
+        result = deploy_as_configured(state.inventory.deploy, device, state.artifact,
+                                      allow_provider_fallback=state.options.allow_cpu_fallback)
     except HilError as exc:
         outcome.error = outcome.result = f"failed: {exc}"
         raise _Stop(EXIT_INFRA if isinstance(exc, InfraError) else EXIT_FAILED, f"deploy to {name}: {exc}") from None

@@ -20,7 +20,7 @@ from hil.artifacts import Artifact, load_artifact
 from hil.bench import threads_for
 from hil.budgets import PERCENTILE_KEYS, BudgetExceeded, BudgetSpec, Context, InconclusiveMeasurement, budgets_for_tags
 from hil.config import Inventory
-from hil.deploy import DeployedModel, deploy, trusted_keys
+from hil.deploy import DeployedModel, deploy_as_configured, trusted_keys
 from hil.device import Device
 from hil.errors import HilError
 from hil.eval_contract import EvalContract
@@ -201,10 +201,9 @@ def deploy_to(hil_inventory: Inventory, releases: Releases, request: pytest.Fixt
     free-space settings, --hil-allow-cpu-fallback), trusting the lab's keys and this run's releases."""
 
     def run(device: Device, artifact: Artifact, **options: Any) -> DeployedModel:
-        settings = hil_inventory.deploy
-        options = {"keep": settings.keep_versions, "margin_bytes": settings.free_space_margin_bytes,
-                   "allow_provider_fallback": request.config.getoption("--hil-allow-cpu-fallback"), **options}
-        return DeployedModel(device, artifact, deploy(device, artifact, releases.trusted, **options))
+        options = {"allow_provider_fallback": request.config.getoption("--hil-allow-cpu-fallback"), **options}
+        return DeployedModel(device, artifact, deploy_as_configured(hil_inventory.deploy, device, artifact,
+                                                                    trusted=releases.trusted, **options))
 
     return run
 
