@@ -75,7 +75,7 @@ class Manifest:
 
     @property
     def dim_names(self) -> set[str]:
-        return {d for t in self.inputs for d in t.shape if isinstance(d, str)}
+        return _dim_names(self.inputs)
 
     def to_toml(self) -> str:
         data: dict[str, Any] = {
@@ -109,6 +109,11 @@ class Artifact:
     @property
     def label(self) -> str:
         return f"artifact '{self.manifest.name}' {self.manifest.version} ({self.directory})"
+
+
+def _dim_names(inputs: tuple[TensorSpec, ...]) -> set[str]:
+    """The named (symbolic) dimensions of the model's inputs, e.g. {"batch", "seq"}."""
+    return {d for t in inputs for d in t.shape if isinstance(d, str)}
 
 
 def _tensor_table(t: TensorSpec) -> dict[str, Any]:
@@ -185,7 +190,7 @@ def parse_manifest(text: str, where: Path) -> Manifest:
     contract = None
     if "eval" in raw:
         contract = parse_contract(where, raw["eval"], tuple(t.name for t in inputs), tuple(t.name for t in outputs),
-                                  {d for t in inputs for d in t.shape if isinstance(d, str)})
+                                  _dim_names(inputs))
     return Manifest(
         name=raw["name"], version=raw["version"], sha256=raw["sha256"], size=raw["size"], opset=raw["opset"],
         min_onnxruntime=raw["min_onnxruntime"], inputs=inputs, outputs=outputs, providers=tuple(providers),
@@ -365,7 +370,7 @@ def init_manifest(directory: Path, name: str | None = None, version: str | None 
     if table:
         contract = parse_contract(directory / MANIFEST, table, tuple(t.name for t in inputs),
                                   tuple(t.name for t in outputs), draft.dim_names)
-        contract.hashed(directory)  # the files it names must exist inside the artifact now, not at deploy
+        contract.located(directory)  # the files it names must exist inside the artifact now, not at deploy
     manifest = Manifest(**{**draft.__dict__, "eval": contract})
     _budgets(directory / MANIFEST, manifest.budgets)  # the same check as reading it back
     (directory / MANIFEST).write_text(manifest.to_toml(), encoding="utf-8")

@@ -74,16 +74,22 @@ class EvalContract:
             table["files"] = dict(self.files)
         return table
 
+    def located(self, directory: Path) -> tuple[dict[str, Path], Path | None]:
+        """Each file of the contract inside `directory`, and the parent's model.onnx; raises ArtifactRejected
+        naming the first that is not there (or lies outside the artifact)."""
+        files = {p: _inside(directory, p, "eval file") for p in self.paths()}
+        if self.parent is None:
+            return files, None
+        model = self.parent_dir(directory) / "model.onnx"
+        if not model.is_file():
+            raise ArtifactRejected(f"{directory}: [eval] parent '{self.parent}' has no model.onnx at {model}")
+        return files, model
+
     def hashed(self, directory: Path) -> EvalContract:
         """The same contract with each file's sha256 now, and the parent model's (what signing binds)."""
-        parent_sha256 = None
-        if self.parent is not None:
-            model = self.parent_dir(directory) / "model.onnx"
-            if not model.is_file():
-                raise ArtifactRejected(f"{directory}: [eval] parent '{self.parent}' has no model.onnx at {model}")
-            parent_sha256 = sha256_file(model)
-        return replace(self, files={p: sha256_file(_inside(directory, p, "eval file")) for p in self.paths()},
-                       parent_sha256=parent_sha256)
+        files, parent_model = self.located(directory)
+        return replace(self, files={p: sha256_file(path) for p, path in files.items()},
+                       parent_sha256=sha256_file(parent_model) if parent_model is not None else None)
 
     def parent_dir(self, directory: Path) -> Path:
         assert self.parent is not None
