@@ -203,10 +203,7 @@ class DevicePool:
     def mark_broken(self, name: str, reason: str) -> None:
         self.broken.setdefault(name, reason)
         self.reported.add(name)  # the failing test itself already reported it
-        self._release(name)
-        device = self.devices.pop(name, None)
-        if device is not None:
-            device.close()
+        self.release(name)
 
     def _release(self, name: str) -> None:
         """Give `name` back, whether the run or (under xdist) this worker's run of tests holds it."""

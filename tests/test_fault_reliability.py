@@ -137,7 +137,8 @@ def _in_device_mounts(profile: Profile, script: str) -> str:
         return 0 if b"device_init.py" in cmdline else 1 if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd" \
             else 9
 
-    candidates = [pid for pid in sorted(pids, key=rank) if rank(pid) < 9]
+    ranked = {pid: rank(pid) for pid in pids}
+    candidates = [pid for pid in sorted(pids, key=ranked.__getitem__) if ranked[pid] < 9]
     failures = []
     for pid in candidates:
         proc = subprocess.run(["nsenter", "-t", str(pid), "-m", "sh", "-c", script], capture_output=True, text=True,
